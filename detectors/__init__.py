@@ -1,0 +1,1 @@
+"""Detection logic: events in, alerts out. No Faust or Kafka imports."""

@@ -1,0 +1,1 @@
+"""Faust application, agents, topics, broker glue and the ``coordwatch`` command."""

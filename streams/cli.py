@@ -1,0 +1,127 @@
+"""The ``coordwatch`` command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sketches.errors import ConfigError, CoordwatchError
+from streams import config as cfg
+
+CONFIG_ERROR_EXIT = 2
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config``, ``--preset`` and ``--set``: the same on every command that takes a config."""
+
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+    @click.option("--preset", help="A named preset shipped with coordwatch (applied before --config).")
+    @click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one key (repeatable); the value is read as a TOML literal.",
+    )
+    @functools.wraps(fn)
+    def wrapper(config_file: str | None, preset: str | None, sets: tuple[str, ...], **kw: Any) -> Any:
+        return fn(loaded=cfg.load(config_file, preset=preset, sets=sets), **kw)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """coordwatch: streaming detection of coordinated inauthentic behaviour."""
+
+
+# -- config --------------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """Show or check configuration."""
+
+
+@config_group.command("show")
+@config_options
+@click.option("--no-sources", is_flag=True, help="Omit the '# source' annotations.")
+def config_show(loaded: cfg.Loaded, no_sources: bool) -> None:
+    """Print the effective config (TOML) and where each value came from."""
+    click.echo(cfg.to_toml(loaded, with_sources=not no_sources), nl=False)
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--preset", help="Check FILE layered over this preset.")
+def config_check(file: str, preset: str | None) -> None:
+    """Validate FILE (with the environment's COORDWATCH_* overrides); exit 2 if invalid."""
+    cfg.load(file, preset=preset)
+    click.echo(f"{file}: ok")
+
+
+@config_group.command("presets")
+def config_presets() -> None:
+    """List the shipped presets."""
+    for name in cfg.presets():
+        click.echo(name)
+
+
+# -- detection core --------------------------------------------------------------------
+@cli.command("replay")
+@click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Alerts JSONL.")
+@config_options
+def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path) -> None:
+    """Replay EVENTS.jsonl[.gz] through the detectors; alerts to --out, rejects beside it."""
+    from detectors.replay import rejects_path, replay
+
+    c = loaded.config
+    summary = replay(
+        events,
+        out,
+        c,
+        batch_size=c.replay.batch_size,
+        max_event_bytes=c.events.max_event_bytes,
+        progress=c.replay.progress,
+    )
+    click.echo(summary.format(), err=True)
+    click.echo(f"alerts: {out}  rejects: {rejects_path(out)}", err=True)
+
+
+# -- bench ---------------------------------------------------------------------------
+@cli.group("bench")
+def bench_group() -> None:
+    """Benchmarks; each figure is a ratio against a baseline measured in the same run."""
+
+
+@bench_group.command("sketches")
+@click.option("--quick", is_flag=True, help="Smaller inputs (a smoke run, not for reporting).")
+def bench_sketches(quick: bool) -> None:
+    """Sketch layer and event parser: table, then key=value figures on the last line."""
+    from streams.benchmarks.report import run_suite
+
+    run_suite("sketches", quick=quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: project errors become one clear line and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="coordwatch", standalone_mode=False)
+    except ConfigError as exc:
+        click.echo(f"coordwatch: {exc}", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
+    except CoordwatchError as exc:
+        click.echo(f"coordwatch: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
