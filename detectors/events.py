@@ -1,0 +1,400 @@
+"""The event contract: bytes from Kafka (or one JSONL line) in, a typed :class:`Event` or a
+machine-readable :class:`Rejection` out.
+
+The parser never raises on input: a stream worker must not die on one bad message, and every
+rejection carries a stable ``reason`` (counted in metrics, routed to a dead-letter topic) and
+the offending bytes. The contract, every reason and the derived-id rule are in ``docs/events.md``.
+
+Hot-path notes (measured, see ``streams/benchmarks/parse.py``): :class:`Event` is a NamedTuple
+because it is built once per event and tuple construction costs ~0.1 µs against ~0.75 µs for
+a frozen slotted dataclass; regexes only run when a substring precheck (``'#'``, ``'://'``)
+says they can match; derived ids are hashed a batch at a time (one numpy pass per message).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from sketches.errors import CoordwatchError
+from sketches.hashing import hash_strings
+
+#: Messages larger than this many bytes are rejected ``too_large`` before parsing
+#: (same default as ``[events] max_event_bytes``).
+MAX_EVENT_BYTES = 1 << 20
+#: Latest accepted ``ts``: 2100-01-01T00:00:00Z. A fixed bound (not "now + slack") keeps
+#: parsing a pure function of the bytes, so a replay rejects exactly what the live run did;
+#: it also catches millisecond timestamps (1.6e12), the most common producer bug.
+MAX_TS = 4_102_444_800.0
+
+_COMMON_ACTIONS = frozenset(("post", "share", "retweet", "quote", "reply", "comment", "like", "follow"))
+_ACTION_RE = re.compile(r"[a-z][a-z_]*")
+# http(s) URLs in free text; brackets and quotes end a URL, trailing punctuation is not part of
+# it. A case-insensitive scheme defeats re's literal-prefix scan (2.5x slower), so that pattern
+# only runs on texts containing "Http" or "HTTP".
+_URL_TAIL = r"""://[^\s<>"'()\[\]{}]*[^\s<>"'()\[\]{}.,;:!?]"""
+_URL_RE = re.compile("https?" + _URL_TAIL)
+_URL_ANYCASE_RE = re.compile("(?i:https?)" + _URL_TAIL)
+# '#' + a word with at least one letter ("#1" is not a tag), not after a word character, '/',
+# '&' or '#' (URL fragments, "&#x27;"). The lookbehind sits after the '#' so re can still scan
+# for the literal '#' (a leading lookbehind is 5x slower).
+_TAG_RE = re.compile(r"#(?<![\w&/#]#)(\w*[^\W\d_]\w*)")
+_TRACKING_PARAMS = frozenset(("fbclid", "gclid"))
+_new_tuple = tuple.__new__
+
+
+class Event(NamedTuple):
+    """One validated, normalised event (field meanings: ``docs/events.md``)."""
+
+    ts: float  # unix seconds
+    account_id: str
+    action: str
+    event_id: str  # given, or derived from the content ("d:" + 16 hex)
+    text: str | None
+    urls: tuple[str, ...]  # url + urls + URLs in text, canonical (canonical_url); de-duplicated, in order
+    object_id: str | None
+    hashtags: tuple[str, ...]  # hashtags + #tags in text; casefolded, no '#', de-duplicated
+    extra: dict[str, Any]  # every other input field, untouched
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Distinct domains of :attr:`urls` (see :func:`url_domain`), in order."""
+        return tuple(dict.fromkeys(d for d in map(url_domain, self.urls) if d))
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why some bytes are not an event: ``reason`` is stable and machine-readable, ``detail``
+    is for humans, ``raw`` the offending bytes, ``index`` the position inside an envelope."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    index: int | None = None
+
+
+class _Bad(CoordwatchError):
+    """Internal control flow: one field failed validation (never escapes this module)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Rejection:
+    """Parse one JSON object (a Kafka message or a JSONL line)."""
+    if len(raw) > max_bytes:
+        return _too_large(raw, max_bytes)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return _undecodable(raw, e)
+    if type(obj) is not dict:
+        return Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", raw)
+    return _one(obj, raw)
+
+
+def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> list[Event | Rejection]:
+    """Parse a message holding one JSON object or an envelope (a JSON array of objects).
+
+    A bad element of an envelope becomes a Rejection with its ``index`` and its re-serialised
+    bytes; the other elements still parse. ``max_bytes`` bounds the whole message.
+    """
+    if len(raw) > max_bytes:
+        return [_too_large(raw, max_bytes)]
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return [_undecodable(raw, e)]
+    if type(obj) is dict:
+        return [_one(obj, raw)]
+    if type(obj) is list:
+        if obj:
+            return _envelope(obj)
+        return [Rejection("empty_envelope", "the envelope array holds no events", raw)]
+    return [Rejection("not_object", f"expected a JSON object or array, got {_json_type(obj)}", raw)]
+
+
+def parse_obj(obj: Any) -> Event | Rejection:
+    """Validate an already-decoded JSON object (``raw`` of a rejection is re-serialised)."""
+    if type(obj) is not dict:
+        return Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", _dump(obj))
+    return _one(obj, None)
+
+
+def event_to_json(ev: Event) -> bytes:
+    """Canonical JSON of a normalised event (sorted keys); ``parse_event`` gives it back equal.
+
+    Raises ``TypeError`` only if ``extra`` holds non-JSON values, which can only come from a
+    dict handed to :func:`parse_obj`.
+    """
+    out = dict(ev.extra)
+    out["ts"] = ev.ts
+    out["account_id"] = ev.account_id
+    out["action"] = ev.action
+    out["event_id"] = ev.event_id
+    if ev.text is not None:
+        out["text"] = ev.text
+    if ev.urls:
+        out["urls"] = ev.urls
+    if ev.object_id is not None:
+        out["object_id"] = ev.object_id
+    if ev.hashtags:
+        out["hashtags"] = ev.hashtags
+    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
+
+
+def canonical_url(url: str) -> str:
+    """``url`` with lower-case scheme and host, no fragment, no ``utm_*``/``fbclid``/``gclid``
+    parameters and ``/`` for an empty path, so that tracking variants of one link count as one.
+    Strings that are not absolute URLs (e.g. anonymised tokens) come back unchanged."""
+    if "://" not in url:
+        return url
+    try:
+        p = urlsplit(url)
+    except ValueError:
+        return url
+    query = "&".join(q for q in p.query.split("&") if q and not _is_tracking(q.split("=", 1)[0]))
+    return urlunsplit((p.scheme.lower(), p.netloc.lower(), p.path or "/", query, ""))
+
+
+def url_domain(url: str) -> str | None:
+    """Lower-case host of an absolute URL without a leading ``www.``; None if there is none."""
+    if "://" not in url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host[4:] if host.startswith("www.") else host
+
+
+# --- internals -------------------------------------------------------------------------
+
+
+def _too_large(raw: bytes, max_bytes: int) -> Rejection:
+    return Rejection("too_large", f"{len(raw)} bytes > max_bytes {max_bytes}", raw)
+
+
+def _undecodable(raw: bytes, error: orjson.JSONDecodeError) -> Rejection:
+    """not_utf8 or not_json (orjson reports both as one error type)."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as u:
+        return Rejection("not_utf8", f"invalid UTF-8 at byte {u.start}", raw)
+    return Rejection("not_json", str(error), raw)
+
+
+def _one(obj: dict[str, Any], raw: bytes | None) -> Event | Rejection:
+    """One decoded object; a rejection carries ``raw``, or ``obj`` re-serialised if None."""
+    try:
+        ev = _event(obj)
+        if ev.event_id:
+            return ev
+        return ev._replace(event_id=_derive_ids([_canonical(obj)])[0])
+    except _Bad as bad:
+        return Rejection(bad.reason, bad.detail, _dump(obj) if raw is None else raw)
+
+
+def _envelope(objs: list[Any]) -> list[Event | Rejection]:
+    """The elements of an envelope; derived ids are hashed in one pass for all of them."""
+    out: list[Event | Rejection] = []
+    derive: list[int] = []
+    canonical: list[str] = []
+    for i, obj in enumerate(objs):
+        try:
+            if type(obj) is not dict:
+                raise _Bad("not_object", f"expected a JSON object, got {_json_type(obj)}")
+            ev = _event(obj)
+            if not ev.event_id:
+                canonical.append(_canonical(obj))
+                derive.append(i)
+        except _Bad as bad:
+            out.append(Rejection(bad.reason, bad.detail, _dump(obj), i))
+            continue
+        out.append(ev)
+    if derive:
+        for i, event_id in zip(derive, _derive_ids(canonical)):
+            out[i] = out[i]._replace(event_id=event_id)  # type: ignore[union-attr]
+    return out
+
+
+def _canonical(obj: dict[str, Any]) -> str:
+    """The derived-id input: ``obj`` without ``event_id`` as sorted-key JSON."""
+    src = {k: v for k, v in obj.items() if k != "event_id"} if "event_id" in obj else obj
+    try:
+        return orjson.dumps(src, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError as e:  # only a dict handed to parse_obj can hold non-JSON values
+        raise _Bad("not_json", f"cannot derive event_id: {e}") from None
+
+
+def _derive_ids(canonical: list[str]) -> list[str]:
+    return [f"d:{h:016x}" for h in hash_strings(canonical).tolist()]
+
+
+def _event(obj: dict[str, Any]) -> Event:
+    """Validate and normalise one decoded object; raises :class:`_Bad` on the first failure,
+    checking fields in the order ts, account_id, action, event_id, url, urls, hashtags, text,
+    object_id."""
+    extra = obj.copy()
+    pop = extra.pop
+    ts = pop("ts", None)
+    account_id = pop("account_id", None)
+    action = pop("action", None)
+    event_id = pop("event_id", None)
+    text = pop("text", None)
+    url = pop("url", None)
+    urls = pop("urls", None)
+    object_id = pop("object_id", None)
+    hashtags = pop("hashtags", None)
+
+    t = type(ts)
+    if t is float or t is int:
+        if not 0 <= ts <= MAX_TS:  # also false for NaN
+            raise _Bad("bad_ts", _ts_range_detail(ts))
+        ts = float(ts)
+    elif t is str:
+        ts = _iso_ts(ts)
+    else:
+        _absent_or_bad_type("ts", ts, "unix seconds (number) or an ISO-8601 string with zone")
+
+    t = type(account_id)
+    if t is int:
+        account_id = str(account_id)
+    elif t is not str:
+        _absent_or_bad_type("account_id", account_id, "a string (or an integer)")
+    elif not account_id:
+        raise _Bad("bad_value:account_id", "account_id is empty")
+
+    if type(action) is not str:
+        _absent_or_bad_type("action", action, "a lower-case word")
+    if action not in _COMMON_ACTIONS and not _ACTION_RE.fullmatch(action):
+        raise _Bad("bad_value:action", f"action {_short(action)} is not a lower-case word [a-z][a-z_]*")
+
+    t = type(event_id)
+    if t is int:
+        event_id = str(event_id)
+    elif event_id is None:
+        event_id = ""  # derived by the caller, batched
+    elif t is not str:
+        raise _Bad("bad_type:event_id", f"event_id must be a string or an integer, got {_json_type(event_id)}")
+    elif not event_id:
+        raise _Bad("bad_value:event_id", "event_id is empty (omit it to have one derived)")
+
+    if type(url) is str:  # the common case, inlined
+        found = [url] if url else []
+    else:
+        found = _strings("url", url) if url is not None else []
+    if urls is not None:
+        found += _strings("urls", urls)
+    tags: list[str] = []
+    if hashtags is not None:
+        if type(hashtags) is not list or any(type(h) is not str for h in hashtags):
+            raise _Bad("bad_type:hashtags", "hashtags must be a list of strings")
+        tags = [tag for h in hashtags if (tag := h.lstrip("#").casefold())]
+    if text is not None:
+        if type(text) is not str:
+            raise _Bad("bad_type:text", f"text must be a string, got {_json_type(text)}")
+        if "://" in text:
+            found += (_URL_ANYCASE_RE if "Http" in text or "HTTP" in text else _URL_RE).findall(text)
+        if "#" in text:
+            tags += map(str.casefold, _TAG_RE.findall(text))
+
+    t = type(object_id)
+    if t is int:
+        object_id = str(object_id)
+    elif t is str:
+        object_id = object_id or None
+    elif object_id is not None:
+        raise _Bad("bad_type:object_id", f"object_id must be a string or an integer, got {_json_type(object_id)}")
+
+    return _new_tuple(  # type: ignore[no-any-return]
+        Event,
+        (
+            ts,
+            account_id,
+            action,
+            event_id,
+            text,
+            tuple(map(canonical_url, found)) if len(found) < 2 else tuple(dict.fromkeys(map(canonical_url, found))),
+            object_id,
+            tuple(tags) if len(tags) < 2 else tuple(dict.fromkeys(tags)),
+            extra,
+        ),
+    )
+
+
+def _absent_or_bad_type(field: str, value: Any, expected: str) -> NoReturn:
+    """Raise missing_field (absent or null) or bad_type for a required field."""
+    if value is None:
+        raise _Bad(f"missing_field:{field}", f"{field} is required")
+    raise _Bad(f"bad_type:{field}", f"{field} must be {expected}, got {_json_type(value)}")
+
+
+def _strings(field: str, value: Any) -> list[str]:
+    """A string or a list of strings as a list, empty strings dropped."""
+    if type(value) is str:
+        return [value] if value else []
+    if type(value) is list and all(type(v) is str for v in value):
+        return [v for v in value if v]
+    raise _Bad(f"bad_type:{field}", f"{field} must be a string or a list of strings")
+
+
+def _iso_ts(s: str) -> float:
+    try:
+        dt = datetime.fromisoformat(s)
+        if dt.tzinfo is None:
+            raise _Bad("bad_ts", f"ts {_short(s)} has no zone (add 'Z' or an offset such as '+02:00')")
+        ts = dt.timestamp()
+    except (ValueError, OverflowError):
+        raise _Bad("bad_ts", f"ts {_short(s)} is not an ISO-8601 date-time") from None
+    if not 0 <= ts <= MAX_TS:
+        raise _Bad("bad_ts", _ts_range_detail(ts))
+    return ts
+
+
+def _ts_range_detail(ts: float) -> str:
+    hint = " (milliseconds? ts is in seconds)" if MAX_TS * 10 < ts < MAX_TS * 10_000 else ""
+    return f"ts {_short(ts)} is not a time in [0, {MAX_TS:.0f}] (1970..2100){hint}"
+
+
+def _is_tracking(key: str) -> bool:
+    key = key.lower()
+    return key.startswith("utm_") or key in _TRACKING_PARAMS
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _dump(obj: Any) -> bytes:
+    """Best-effort JSON of a rejected value (non-JSON values from parse_obj give b"")."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return b""

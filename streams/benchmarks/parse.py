@@ -1,0 +1,104 @@
+"""Event parsing throughput: :func:`detectors.events.parse_message` beside bare
+``orjson.loads`` over the same lines in the same run (the ratio is our per-event overhead).
+
+The sample is real JSONL (the german_elections dataset, when /work/shared is mounted) mixed
+with synthetic events whose text carries hashtags and URLs, so extraction is exercised; a
+tenth of the synthetic events have no ``event_id``, so id derivation is too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import random
+from pathlib import Path
+
+import orjson
+
+from detectors.events import parse_message
+from streams.benchmarks.common import Row, best_time
+
+DATASET = Path("/work/shared/data/coord_eval/datasets/german_elections.jsonl.gz")
+_WORDS = "wahl bundestag klima heute alle jetzt teilen news video lesen morgen".split()
+_TAGS = ["#Wahl2021", "#BTW21", "#Klima", "#AfD", "#Laschet", "#Baerbock", "#Scholz"]
+_SITES = ["https://www.example.de", "https://news.example.com", "http://blog.example.org"]
+
+
+def run(quick: bool = False) -> list[Row]:
+    n_real, n_synth = (4_000, 1_000) if quick else (20_000, 5_000)
+    lines = _real_lines(n_real)
+    n_synth += n_real - len(lines)  # all synthetic when the dataset is not mounted
+    lines += _synthetic_lines(n_synth, seed=7)
+    random.Random(1).shuffle(lines)
+    envelopes = [b"[" + b",".join(lines[i : i + 100]) + b"]" for i in range(0, len(lines), 100)]
+    repeat = 5 if quick else 7
+    n = len(lines)
+
+    def ours() -> None:
+        for line in lines:
+            parse_message(line)
+
+    def bare() -> None:
+        for line in lines:
+            orjson.loads(line)
+
+    def ours_env() -> None:
+        for env in envelopes:
+            parse_message(env)
+
+    def bare_env() -> None:
+        for env in envelopes:
+            orjson.loads(env)
+
+    assert sum(len(parse_message(line)) for line in lines) == n  # one result per line
+    what = f"{n} events, {n_synth} synthetic with text"
+    return [
+        Row(
+            f"parse_message, one event per message ({what})",
+            n / best_time(ours, repeat=repeat),
+            "events/s",
+            "orjson.loads, same lines",
+            n / best_time(bare, repeat=repeat),
+            key="parse_events_per_s",
+        ),
+        Row(
+            "parse_message, envelopes of 100 events",
+            n / best_time(ours_env, repeat=repeat),
+            "events/s",
+            "orjson.loads, same envelopes",
+            n / best_time(bare_env, repeat=repeat),
+        ),
+    ]
+
+
+def _real_lines(n: int) -> list[bytes]:
+    """The first ``n`` lines of the real dataset, or none when it is not mounted."""
+    if not DATASET.exists():
+        return []
+    with gzip.open(DATASET, "rb") as f:
+        return [line.rstrip(b"\n") for line in itertools.islice(f, n)]
+
+
+def _synthetic_lines(n: int, seed: int) -> list[bytes]:
+    """Posts and shares whose text holds hashtags and (tracking-tagged) URLs."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = rng.choices(_WORDS, k=rng.randint(5, 25))
+        words += rng.sample(_TAGS, rng.randint(0, 3))
+        if rng.random() < 0.6:
+            words.append(f"{rng.choice(_SITES)}/a/{rng.randint(1, 500)}?utm_source=tw")
+        rng.shuffle(words)
+        ev = {
+            "ts": 1_629_000_000 + i * 0.7,
+            "account_id": f"acc_{rng.randint(1, 3000)}",
+            "action": rng.choice(("post", "share", "retweet", "reply")),
+            "text": " ".join(words),
+            "lang": "de",
+        }
+        if rng.random() < 0.9:
+            ev["event_id"] = f"s{i}"
+        if rng.random() < 0.3:
+            ev["object_id"] = f"post_{rng.randint(1, 2000)}"
+        out.append(orjson.dumps(ev))
+    return out

@@ -1,0 +1,405 @@
+"""Event contract: every rejection reason, normalisation and extraction, envelopes, derived
+ids (stable across processes), round-trips, the real coord_eval datasets, and a fuzz test
+that the parser never raises."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.events import (
+    MAX_EVENT_BYTES,
+    Event,
+    Rejection,
+    canonical_url,
+    event_to_json,
+    parse_event,
+    parse_message,
+    parse_obj,
+    url_domain,
+)
+from sketches.hashing import hash_string
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = Path("/work/shared/data/coord_eval/datasets")
+BASE = {"ts": 1631900000, "account_id": "a", "action": "post"}
+
+
+def ev(**fields: object) -> Event:
+    """The Event parsed from BASE with ``fields`` merged in; fails on a rejection."""
+    out = parse_event(with_(**fields))
+    assert isinstance(out, Event), out
+    return out
+
+
+def reason(raw: bytes, **kw: int) -> str:
+    out = parse_event(raw, **kw)
+    assert isinstance(out, Rejection), out
+    assert out.raw == raw and out.index is None
+    return out.reason
+
+
+def with_(**fields: object) -> bytes:
+    return orjson.dumps({**BASE, **fields})
+
+
+# --- normalisation --------------------------------------------------------------------
+
+
+def test_minimal_event_and_types():
+    e = parse_event(b'{"ts": 1631900000, "account_id": 4711, "action": "post", "object_id": 99}')
+    assert e == Event(1631900000.0, "4711", "post", e.event_id, None, (), "99", (), {})
+    assert type(e.ts) is float and e.account_id == "4711" and e.object_id == "99"
+    assert e.event_id.startswith("d:") and len(e.event_id) == 18
+    assert ev(event_id=12345678901234567890).event_id == "12345678901234567890"
+    assert ev(object_id="").object_id is None
+    assert ev(action="quote_tweet").action == "quote_tweet"
+
+
+def test_iso_timestamps():
+    assert ev(ts="2021-01-17T07:56:00Z").ts == 1610870160.0
+    assert ev(ts="2021-01-17T09:56:00+02:00").ts == 1610870160.0
+    assert ev(ts="2021-01-17T07:56:00.250Z").ts == 1610870160.25
+    assert ev(ts=0).ts == 0.0 and ev(ts=4102444800).ts == 4102444800.0
+
+
+def test_unknown_fields_kept_untouched():
+    extra = {"lang": "de", "meta": {"a": [1, 2.5, None, True]}, "n": -3}
+    assert ev(**extra).extra == extra
+
+
+def test_null_optional_fields_are_absent():
+    raw = with_(text=None, url=None, urls=None, object_id=None, hashtags=None, event_id=None)
+    e = parse_event(raw)
+    assert isinstance(e, Event)
+    assert (e.text, e.urls, e.object_id, e.hashtags, e.extra) == (None, (), None, (), {})
+
+
+# --- extraction -------------------------------------------------------------------------
+
+
+def test_urls_merge_extract_dedupe_in_order():
+    e = ev(
+        url="https://a.example/1",
+        urls=["https://b.example/2", "https://a.example/1", ""],
+        text="see https://c.example/3. and (https://b.example/2) or Https://D.example/4, ok",
+    )
+    assert e.urls == (
+        "https://a.example/1",
+        "https://b.example/2",
+        "https://c.example/3",
+        "https://d.example/4",
+    )
+    assert ev(urls="url_34110").urls == ("url_34110",)  # opaque tokens kept
+    assert ev(text="no links here, only ftp://x and http:// alone").urls == ()
+
+
+def test_hashtags_merge_extract_casefold_dedupe():
+    e = ev(hashtags=["#Wahl2021", "Klima", "#", ""], text="#KLIMA jetzt! #BTW21, #Straße #1 #wahl2021")
+    assert e.hashtags == ("wahl2021", "klima", "btw21", "strasse")
+    not_tags = "mail#x http://x.example/#frag page#top &#x27; ##double /#/route #123"
+    assert ev(text=not_tags).hashtags == ()
+    assert ev(text="(#Paren) #_x #über").hashtags == ("paren", "_x", "über")
+
+
+def test_url_helpers():
+    assert canonical_url("HTTPS://WWW.Example.de/a?utm_source=tw&id=7#top") == "https://www.example.de/a?id=7"
+    assert canonical_url("http://x.example?b=1&fbclid=z&a=%20&gclid=q") == "http://x.example/?b=1&a=%20"
+    assert canonical_url("url_34110") == "url_34110"
+    assert canonical_url("http://[broken") == "http://[broken"
+    assert url_domain("https://WWW.Example.de:8080/x") == "example.de"
+    assert [url_domain(u) for u in ("url_1", "http://[broken", "file:///tmp/x")] == [None, None, None]
+    e = ev(urls=["https://www.a.example/1", "http://a.example/2", "https://b.example", "url_7"])
+    assert e.domains == ("a.example", "b.example")
+
+
+# --- rejections -------------------------------------------------------------------------
+
+
+CASES = [
+    (b'{"ts": 1, "text": "\xff"}', "not_utf8"),
+    (b"\xed\xa0\x80", "not_utf8"),
+    (b'{"ts": 1,', "not_json"),
+    (b"", "not_json"),
+    (b"NaN", "not_json"),
+    (b'{"text": "\\ud800"}', "not_json"),
+    (b'"hello"', "not_object"),
+    (b"[" * 2000, "not_json"),  # deeper than orjson's recursion limit
+    (b'[{"ts": 1, "account_id": "a", "action": "post"}]', "not_object"),  # parse_event: no envelopes
+    (b'{"account_id": "a", "action": "post"}', "missing_field:ts"),
+    (with_(ts=None), "missing_field:ts"),
+    (with_(account_id=None), "missing_field:account_id"),
+    (b'{"ts": 1, "account_id": "a"}', "missing_field:action"),
+    (with_(ts=True), "bad_type:ts"),
+    (with_(ts=[1]), "bad_type:ts"),
+    (with_(account_id=1.5), "bad_type:account_id"),
+    (with_(account_id=False), "bad_type:account_id"),
+    (with_(action=3), "bad_type:action"),
+    (with_(event_id=[]), "bad_type:event_id"),
+    (with_(event_id=True), "bad_type:event_id"),
+    (with_(url=7), "bad_type:url"),
+    (with_(urls=[None]), "bad_type:urls"),
+    (with_(urls={"u": 1}), "bad_type:urls"),
+    (with_(hashtags="x"), "bad_type:hashtags"),
+    (with_(hashtags=["a", 1]), "bad_type:hashtags"),
+    (with_(text={}), "bad_type:text"),
+    (with_(object_id=2.5), "bad_type:object_id"),
+    (with_(object_id=True), "bad_type:object_id"),
+    (with_(account_id=""), "bad_value:account_id"),
+    (with_(action="Retweet"), "bad_value:action"),
+    (with_(action=""), "bad_value:action"),
+    (with_(action="re-tweet"), "bad_value:action"),
+    (with_(action="_post"), "bad_value:action"),
+    (with_(event_id=""), "bad_value:event_id"),
+    (with_(ts="2021-01-17T07:56:00"), "bad_ts"),
+    (with_(ts="2021-01-17"), "bad_ts"),
+    (with_(ts="yesterday"), "bad_ts"),
+    (with_(ts="1631900000"), "bad_ts"),
+    (with_(ts=-1), "bad_ts"),
+    (with_(ts=-0.5), "bad_ts"),
+    (with_(ts=1631900000000), "bad_ts"),
+    (with_(ts=4102444800.5), "bad_ts"),
+    (with_(ts="1969-12-31T23:59:59Z"), "bad_ts"),
+    (with_(ts="2100-01-01T00:00:01Z"), "bad_ts"),
+    (with_(ts="0001-01-01T00:00:00+14:00"), "bad_ts"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), CASES)
+def test_rejection_reasons(raw: bytes, expected: str):
+    assert reason(raw) == expected
+
+
+def test_too_large_is_checked_before_parsing():
+    big = with_(text="x" * 200)
+    assert reason(big, max_bytes=100) == "too_large"
+    assert reason(b"\xff" * 101, max_bytes=100) == "too_large"
+    assert isinstance(parse_event(big, max_bytes=len(big)), Event)
+    assert MAX_EVENT_BYTES == 1 << 20
+    assert reason(with_(text="x" * MAX_EVENT_BYTES)) == "too_large"
+    [r] = parse_message(b"[" + big + b"]", max_bytes=100)
+    assert (r.reason, r.index) == ("too_large", None)
+
+
+def test_millisecond_ts_detail_hints_at_units():
+    r = parse_event(with_(ts=1631900000000))
+    assert isinstance(r, Rejection) and "milliseconds" in r.detail
+
+
+def test_parse_obj_rejections():
+    nan = {**BASE, "ts": float("nan")}
+    for obj, expected in [(NotImplemented, "not_object"), ([BASE], "not_object"), (nan, "bad_ts")]:
+        r = parse_obj(obj)
+        assert isinstance(r, Rejection) and r.reason == expected and r.index is None
+    r = parse_obj({**BASE, "ts": float("inf")})
+    assert isinstance(r, Rejection) and (r.reason, r.raw) == ("bad_ts", b'{"ts":null,"account_id":"a","action":"post"}')
+    r = parse_obj({**BASE, "blob": {1, 2}})  # cannot be serialised, so no id can be derived
+    assert isinstance(r, Rejection) and (r.reason, r.raw) == ("not_json", b"")
+    assert isinstance(parse_obj({**BASE, "event_id": "e", "blob": {1, 2}}), Event)
+    obj = {**BASE, "extra": 1}
+    assert parse_obj(obj) == parse_event(orjson.dumps(obj)) and obj == {**BASE, "extra": 1}  # input untouched
+
+
+def test_docs_table_examples_give_their_reason():
+    """Each row of the reasons table in docs/events.md; the table lists exactly the codes tested."""
+    section = (REPO / "docs/events.md").read_text().split("## Rejection reasons")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| `([a-z0-9_:]+)` \| (.*?) \|", section, re.M)
+    documented = {r for r, _ in rows}
+    assert len(documented) >= 20
+    for code, example in rows:
+        if example.startswith("`b'"):
+            results = parse_message(ast.literal_eval(example.strip("`")))
+            assert [r.reason for r in results if isinstance(r, Rejection)] == [code], example
+    assert documented == {code for _, code in CASES} | {"too_large", "empty_envelope"}
+
+
+# --- envelopes --------------------------------------------------------------------------
+
+
+def test_envelope_mixed_good_and_bad_elements():
+    good = {**BASE, "event_id": "e0"}
+    bad_ts = {**BASE, "ts": "later"}
+    raw = orjson.dumps([good, 42, bad_ts, {**BASE, "text": "#Hi"}, [good]])
+    out = parse_message(raw)
+    assert [type(r).__name__ for r in out] == ["Event", "Rejection", "Rejection", "Event", "Rejection"]
+    assert out[0] == parse_event(orjson.dumps(good))
+    assert (out[1].reason, out[1].index, out[1].raw) == ("not_object", 1, b"42")
+    assert (out[2].reason, out[2].index, out[2].raw) == ("bad_ts", 2, orjson.dumps(bad_ts))
+    assert out[3].hashtags == ("hi",) and out[3].event_id.startswith("d:")
+    assert (out[4].reason, out[4].index) == ("not_object", 4)
+    assert [r.reason for r in parse_message(b"[]")] == ["empty_envelope"]
+    assert [r.reason for r in parse_message(b"3")] == ["not_object"]
+    [single] = parse_message(orjson.dumps(good))
+    assert single == out[0]
+
+
+# --- derived ids and round-trips ----------------------------------------------------------
+
+
+def test_derived_id_follows_documented_rule_everywhere():
+    obj = {"ts": 1631900000, "account_id": "acc_1", "action": "post"}
+    expected = "d:%016x" % hash_string(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode())
+    assert expected == "d:3b26d7ac6a837d1f"  # the example in docs/events.md
+    assert parse_event(orjson.dumps(obj)).event_id == expected
+    assert parse_event(orjson.dumps({"action": "post", "event_id": None, **obj})).event_id == expected
+    assert parse_obj(obj).event_id == expected
+    batch = parse_message(orjson.dumps([obj, {**obj, "account_id": "acc_2"}, obj]))
+    assert batch[0].event_id == batch[2].event_id == expected != batch[1].event_id
+
+
+def test_derived_id_is_stable_across_processes():
+    raw = with_(text="same content #x", lang="de")
+    code = "import sys; from detectors.events import parse_event as p; print(p(sys.stdin.buffer.read()).event_id)"
+    ids = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-c", code]
+        out = subprocess.run(cmd, input=raw, capture_output=True, env=env, check=True, cwd=REPO)
+        ids.add(out.stdout.decode().strip())
+    assert ids == {parse_event(raw).event_id}
+
+
+def test_event_to_json_round_trip():
+    e = ev(ts="2021-09-20T18:30:00+02:00", account_id=4711, text="#A https://x.example/a", hashtags=["B"], m={"k": 1})
+    raw = event_to_json(e)
+    assert raw == orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)  # canonical
+    assert parse_event(raw) == e
+    assert event_to_json(parse_event(raw)) == raw
+
+
+# --- the real datasets --------------------------------------------------------------------
+
+
+def _head(path: Path, n: int = 2000) -> list[bytes]:
+    with gzip.open(path, "rb") as f:
+        return list(itertools.islice(f, n))
+
+
+@pytest.mark.skipif(not DATASETS.is_dir(), reason="coord_eval datasets not mounted")
+def test_real_datasets_parse_without_rejections():
+    files = sorted(DATASETS.glob("*.jsonl.gz"))
+    assert len(files) >= 3
+    for path in files:
+        lines = _head(path)
+        events = [parse_event(line) for line in lines]
+        rejected = [r for r in events if isinstance(r, Rejection)]
+        assert not rejected, (path.name, rejected[:3])
+        for line, e in zip(lines, events):
+            obj = orjson.loads(line)
+            for field in ("event_id", "ts", "account_id", "action", "object_id"):
+                assert getattr(e, field) == obj[field]
+            assert set(e.extra) == set(obj) - {"ts", "account_id", "action", "event_id", "text", "url", "object_id"}
+
+    url_post = parse_event(_head(DATASETS / "german_elections.jsonl.gz", 2)[1])
+    assert url_post == Event(
+        1629064892.0,
+        "tw_49523",
+        "post",
+        "144021:url_34110",
+        None,
+        ("url_34110",),
+        "url_34110",
+        (),
+        {"object_type": "url", "content_id": "144021", "platform": "tw", "dataset": "german_elections"},
+    )
+    retweet = parse_event(_head(DATASETS / "russian_coord_tweets.jsonl.gz", 1)[0])
+    assert isinstance(retweet, Event)
+    assert (retweet.event_id, retweet.ts, retweet.account_id, retweet.action, retweet.object_id) == (
+        "030b27d6e4f5e99578eb60967650b8db",
+        1610870193.0,
+        "a2083f9029abae609a42adabbd18a76a",
+        "retweet",
+        "cd16b4850f31f8b75a163363e844fc3e",
+    )
+    assert retweet.urls == () and retweet.extra["platform"] == "twitter"
+
+
+# --- fuzz: never raises; valid events round-trip ------------------------------------------
+
+FIELDS = ["ts", "account_id", "action", "event_id", "text", "url", "urls", "object_id", "hashtags", "other"]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=10,
+)
+texts = st.lists(
+    st.sampled_from(["#Tag", "#ß", "#1", "x#y", "https://a.example/p?q=1", "HTTP://B.example.", "(", " ", "é", "&#x27;"])
+    | st.text(max_size=5),
+    max_size=8,
+).map("".join)
+field_values = json_values | texts | st.sampled_from(
+    ["post", "Like", "", "2021-01-17T07:56:00Z", "2021-01-17T07:56:00", 1e13, -1, 1631900000.5]
+)
+contract_dicts = st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=10)
+valid_dicts = st.fixed_dictionaries(
+    {
+        "ts": st.floats(0, 4102444800) | st.integers(0, 4102444800),
+        "account_id": st.text(min_size=1, max_size=8) | st.integers(0, 2**63),
+        "action": st.from_regex(r"[a-z][a-z_]{0,6}", fullmatch=True),
+    },
+    optional={
+        "event_id": st.text(min_size=1, max_size=8),
+        "text": texts,
+        "url": st.text(max_size=10),
+        "urls": st.lists(st.text(max_size=10), max_size=3),
+        "object_id": st.text(max_size=8) | st.integers(0, 99),
+        "hashtags": st.lists(st.text(max_size=6), max_size=3),
+        "other": json_values,
+    },
+)
+
+
+def _check(results: list[Event | Rejection], n: int) -> None:
+    assert len(results) == n
+    for r in results:
+        assert isinstance(r, (Event, Rejection))
+        if isinstance(r, Event):
+            assert parse_event(event_to_json(r)) == r
+        else:
+            assert r.reason and isinstance(r.raw, bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_arbitrary_bytes_never_raise(raw: bytes):
+    _check([parse_event(raw)], 1)
+    parse_message(raw)
+    parse_message(raw, max_bytes=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values | contract_dicts)
+def test_fuzz_json_values_never_raise(value: object):
+    _check([parse_obj(value)], 1)
+    raw = orjson.dumps(value)
+    _check([parse_event(raw)], 1)
+    if isinstance(value, dict):
+        assert parse_event(raw) == parse_obj(value)
+    _check(parse_message(orjson.dumps([value, value])), 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(valid_dicts, min_size=1, max_size=4))
+def test_fuzz_valid_events_parse_and_round_trip(objs: list[dict]):
+    out = parse_message(orjson.dumps(objs))
+    assert all(isinstance(e, Event) for e in out), out
+    _check(out, len(objs))
+    assert [parse_obj(o) for o in objs] == out
