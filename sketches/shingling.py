@@ -1,0 +1,161 @@
+"""Text → shingle hashes: the one pipeline every near-duplicate detector uses.
+
+Normalisation maps a post to its tokens joined by single spaces, so that cosmetic edits
+(case, full-width letters, tracking links, who is @mentioned, emoji, punctuation) do not
+change the shingles. It runs a batch at a time: a few C-level string calls per post
+(NFKC, casefold, and URL/@mention rewriting only where the post has one), then the batch
+is joined into one code-point buffer and tokens are found with numpy: a token is a run of
+letters, digits, combining marks and ``_`` (apostrophes inside a word are dropped:
+``don't`` → ``dont``). Per-token regex matching cost 3x the rest of the pipeline.
+
+Every shingle is then a span of the normalised buffer hashed with
+:func:`sketches.hashing.hash_spans`: a word n-gram is the span from its first token's
+start to its last token's end, i.e. the hash of the string ``"w1 w2 ... wn"``; a char
+n-gram is a span of n code points of the normalised text (spaces included).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from sketches.hashing import DEFAULT_SEED, codepoints, hash_spans, prefix_hashes
+
+#: Placeholder token for every @mention: campaigns rotate the accounts they tag.
+MENTION_TOKEN = "_mention_"
+
+# Both patterns start with a literal and only run on posts containing it.
+_URL = re.compile(r"(?:https?://|www\.)(?:[^\s/@]*@)?(?:www\.)?([\w.-]+)\S*")
+_MENTION = re.compile(r"@(?<![\w.]@)\w+")  # not an e-mail address
+_SPACE = np.uint32(ord(" "))
+
+
+def _is_word_char(c: int) -> bool:
+    return c == 0x5F or unicodedata.category(chr(c))[0] in "LNM"
+
+
+# Looked up per code point; the supplementary planes (mostly emoji) are classified per
+# distinct code point in a batch, as a full table would take 65 ms to build at import.
+_BMP_WORD = np.array([_is_word_char(c) for c in range(0x10000)], dtype=bool)
+
+
+def _url_token(match: re.Match[str]) -> str:
+    return " url_" + re.sub(r"\W", "_", match.group(1).strip(".-")) + " "
+
+
+def _prepare(text: str) -> str:
+    """The per-post string work: NFKC + casefold, then URLs and @mentions to tokens."""
+    s = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    if "://" in s or "www." in s:
+        s = _URL.sub(_url_token, s)
+    if "@" in s:
+        s = _MENTION.sub(" " + MENTION_TOKEN + " ", s)
+    return s
+
+
+class _Normalised(NamedTuple):
+    buf: np.ndarray  # uint32 code points: every token of the batch, one space between
+    tok_start: np.ndarray  # int64 span of each token in buf
+    tok_end: np.ndarray
+    token_counts: np.ndarray  # int64 tokens per document (a document's tokens are consecutive)
+
+
+def _normalise_batch(texts: Sequence[str]) -> _Normalised:
+    pieces = [_prepare(t) for t in texts]
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    codes = codepoints(" ".join(pieces))
+    word = np.zeros(codes.size, dtype=bool)
+    bmp = codes < 0x10000
+    word[bmp] = _BMP_WORD[codes[bmp]]
+    if not bmp.all():
+        sup, inverse = np.unique(codes[~bmp], return_inverse=True)
+        word[~bmp] = np.array([_is_word_char(int(c)) for c in sup], dtype=bool)[inverse]
+    apostrophe = np.zeros(codes.size, dtype=bool)  # between two word characters
+    inner = codes[1:-1]
+    apostrophe[1:-1] = ((inner == 0x27) | (inner == 0x2019)) & word[:-2] & word[2:]
+    in_token = word | apostrophe  # an inner apostrophe does not split a token
+    before = np.concatenate(([False], in_token[:-1]))
+    after = np.concatenate((in_token[1:], [False]))
+    starts = np.flatnonzero(in_token & ~before)
+    doc_start = np.cumsum(lengths + 1) - lengths - 1
+    token_counts = np.diff(np.searchsorted(starts, np.append(doc_start, codes.size)))
+    # Keep the word characters; insert one space before every token but the first.
+    new_pos = np.cumsum(word) - 1  # position among kept characters
+    tok_start_kept = new_pos[starts]  # first kept char of each token (tokens start with a word char)
+    tok_len = new_pos[np.flatnonzero(in_token & ~after)] - tok_start_kept + 1
+    spaces = np.arange(starts.size)
+    buf = np.insert(codes[word], tok_start_kept[1:], _SPACE)
+    tok_start = tok_start_kept + spaces
+    return _Normalised(buf, tok_start, tok_start + tok_len, token_counts.astype(np.int64))
+
+
+def normalize(text: str) -> str:
+    """The tokens of ``text`` after NFKC + casefold, joined by single spaces.
+
+    A URL becomes one token for its host (``https://www.Example.com/a?utm=x`` →
+    ``url_example_com``), an @mention becomes ``_mention_``, a hashtag keeps its word,
+    apostrophes inside words are dropped; everything that is not a letter, digit,
+    combining mark or ``_`` (emoji, punctuation) separates tokens. Idempotent.
+    """
+    return _normalise_batch([text]).buf.tobytes().decode("utf-32-le")
+
+
+class Shingles(NamedTuple):
+    """Shingle hashes of a batch: doc ``d`` has ``hashes[offsets[d]:offsets[d + 1]]``."""
+
+    hashes: np.ndarray  # uint64, in text order (repeats kept)
+    offsets: np.ndarray  # int64, len(texts) + 1
+    token_counts: np.ndarray  # int64, tokens per normalised document (to skip short posts)
+
+
+def shingle_batch(
+    texts: Sequence[str],
+    kind: Literal["word", "char"] = "word",
+    n: int = 2,
+    seed: int = DEFAULT_SEED,
+) -> Shingles:
+    """Normalise and shingle a batch of texts in one numpy pass.
+
+    ``kind="word"``: n-grams of tokens; ``kind="char"``: n-grams of code points of the
+    normalised text. A document with fewer than ``n`` units yields one shingle of all of
+    them; an empty one yields none. Repeated shingles are kept, in text order: MinHash
+    ignores repeats, and on 2000 posts a per-document sort + dedup cost 5.5 ms (word
+    1-grams, 16% repeats) and 7.6 ms (2-grams, 0.5%) but saved only 2.9 ms and 0.2 ms of
+    MinHash time. Callers wanting sets use ``np.unique`` per document.
+    """
+    if kind not in ("word", "char"):
+        raise ValueError(f"kind must be 'word' or 'char', got {kind!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    norm = _normalise_batch(texts)
+    counts = norm.token_counts
+    first_tok = np.cumsum(counts) - counts
+    if kind == "word":
+        starts, ends, offsets = _ngram_spans(norm.tok_start, norm.tok_end, first_tok, counts, n)
+    else:
+        has = counts > 0
+        doc_lo = np.zeros(counts.size, dtype=np.int64)
+        doc_hi = np.zeros(counts.size, dtype=np.int64)
+        doc_lo[has] = norm.tok_start[first_tok[has]]
+        doc_hi[has] = norm.tok_end[first_tok[has] + counts[has] - 1]
+        chars = np.arange(norm.buf.size + 1)
+        starts, ends, offsets = _ngram_spans(chars[:-1], chars[1:], doc_lo, doc_hi - doc_lo, n)
+    hashes = hash_spans(prefix_hashes(norm.buf, seed), starts, ends, seed)
+    return Shingles(hashes, offsets, counts)
+
+
+def _ngram_spans(
+    unit_start: np.ndarray, unit_end: np.ndarray, first: np.ndarray, counts: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Buffer spans of every n-gram of consecutive units; doc d has units first[d] + [0, counts[d])."""
+    per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(per_doc, out=offsets[1:])
+    doc = np.repeat(np.arange(counts.size), per_doc)
+    g = first[doc] + np.arange(offsets[-1]) - offsets[doc]
+    last = np.minimum(g + n - 1, first[doc] + counts[doc] - 1)
+    return unit_start[g], unit_end[last], offsets
