@@ -124,6 +124,7 @@ def run(quick: bool = False) -> list[Row]:
             "datasketch MinHash.update loop",
             n_docs / t_theirs,
             key="minhash_speedup",
+            figure="ratio",
         ),
         Row(
             f"MinHash signatures, {n_docs} posts (batch vs datasketch's fastest path)",
