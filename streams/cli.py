@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import orjson
 
 from sketches.errors import ConfigError, CoordwatchError
 from streams import config as cfg
@@ -74,8 +75,11 @@ def config_presets() -> None:
 @cli.command("replay")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Alerts JSONL.")
+@click.option(
+    "--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the summary as JSON."
+)
 @config_options
-def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path) -> None:
+def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path, summary_json: Path | None) -> None:
     """Replay EVENTS.jsonl[.gz] through the detectors; alerts to --out, rejects beside it."""
     from detectors.replay import rejects_path, replay
 
@@ -90,6 +94,46 @@ def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path) -> None:
     )
     click.echo(summary.format(), err=True)
     click.echo(f"alerts: {out}  rejects: {rejects_path(out)}", err=True)
+    if summary_json:
+        summary_json.write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+@cli.command("generate")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--rate", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Mean organic events per second.")
+@click.option("--accounts", default=20_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def generate_cmd(out: Path, seed: int, hours: float, rate: float, accounts: int, progress: bool) -> None:
+    """A labelled synthetic stream: DIR/events.jsonl and DIR/labels.json."""
+    from detectors.synthetic import generate
+
+    try:
+        summary = generate(out, seed=seed, hours=hours, rate=rate, accounts=accounts, progress=progress)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(
+        f"{summary['events']} events ({summary['campaign_events']} injected, {summary['campaigns']} campaigns) "
+        f"from {summary['active_accounts']} accounts in {summary['seconds']:.1f} s -> {out}",
+        err=True,
+    )
+
+
+@cli.command("evaluate")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--alerts", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate_cmd(labels: Path, alerts: Path, as_json: bool) -> None:
+    """Account precision/recall, campaigns caught and hard negatives flagged."""
+    from detectors.evaluate import evaluate_files, format_report
+
+    report = evaluate_files(labels, alerts)
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_report(report))
 
 
 # -- bench ---------------------------------------------------------------------------
