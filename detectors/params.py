@@ -44,19 +44,51 @@ class CoActionParams(Section):
     )
     min_weight: int = Field(3, ge=1, description="pairs with at least this many co-actions form graph edges")
     min_participation: int = Field(
-        2, ge=1, description="accounts with fewer object actions than this are ignored (CooRTweet min_participation)"
+        2,
+        ge=1,
+        description="a pair counts only if both accounts have this many object actions in memory and one of them this "
+        "many in co-actions (CooRTweet min_participation; with participation_scope); 1 = off",
     )
     edge_weight_quantile: float | None = Field(
         None, ge=0, le=1, description="if set, keep only edges strictly above this quantile of all pair weights (CooRTweet edge_weight)"
     )
     min_group_size: int = Field(3, ge=2, description="connected groups smaller than this raise no alert")
     max_fanout: int = Field(
-        50, ge=1, description="a new action pairs with at most this many earlier distinct accounts on the object (bounds viral objects)"
+        50,
+        ge=0,
+        description="a new action pairs with at most this many most-recent distinct accounts on the object "
+        "(bounds viral objects); 0 = every action in the window (peer parity)",
     )
     object_fields: list[ObjectField] = Field(
         default_factory=lambda: ["object_id", "urls"],
         min_length=1,
         description="which event fields name the shared object: object_id, urls, domains, hashtags",
+    )
+    object_types: list[str] | None = Field(
+        None, description="if set, object_id counts only for events whose object_type is listed (e.g. [\"url\", \"phash\"])"
+    )
+    weight_mode: Literal["share_pairs", "distinct_contents"] = Field(
+        "share_pairs",
+        description="share_pairs: a pair's weight counts pairs of shares (CooRTweet); distinct_contents: the larger of "
+        "the two accounts' counts of distinct posts co-shared with the other (coordination-network-toolkit)",
+    )
+    participation_scope: Literal["all", "object_type"] = Field(
+        "all",
+        description="count min_participation over all objects, or per object_type (CooRTweet run once per object type)",
+    )
+    one_object_actions: list[str] = Field(
+        default_factory=list,
+        description="events with these actions count only the first object of their post (content_id); a retweet "
+        "reposts one post (coordination-network-toolkit keeps one repost_id per message)",
+    )
+    eval_interval_s: float = Field(
+        60.0, gt=0, description="groups are evaluated when event time crosses a multiple of this many seconds"
+    )
+    split_above_accounts: int = Field(
+        200, ge=2, description="connected groups larger than this are split into Louvain communities (fixed seed)"
+    )
+    update_growth_fraction: float = Field(
+        0.2, gt=0, description="a known group is re-alerted (revision + 1) once it has this share more members than at its last alert"
     )
     max_alert_accounts: int = Field(500, ge=1, description="alerts list at most this many member accounts")
     allowed_lateness_s: float = Field(60.0, ge=0, description="events up to this late are handled; later ones are counted and dropped")
@@ -73,16 +105,52 @@ class CoActionParams(Section):
 
 class NearDuplicateParams(Section):
     enabled: bool = Field(True, description="run the near_duplicate (copy-paste) detector")
-    window_s: float = Field(3_600.0, gt=0, description="documents within this many seconds of each other are compared")
-    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity at or above which two texts are near-duplicates")
+    window_s: float = Field(
+        3_600.0, gt=0, description="documents within this many seconds of each other are compared; clusters expire with it"
+    )
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="estimated Jaccard similarity (of shingle sets) at or above which two texts are near-duplicates"
+    )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per signature")
     shingle_kind: Literal["word", "char"] = Field("word", description="shingle over words or characters")
     shingle_n: int = Field(2, ge=1, le=16, description="shingle length (words or characters)")
     min_tokens: int = Field(6, ge=1, description="texts with fewer tokens are skipped (short texts would flood it)")
+    text_actions: list[str] = Field(
+        default_factory=lambda: ["post", "reply", "quote", "comment"],
+        min_length=1,
+        description="actions whose text is compared (retweets and shares repeat their source's text by design)",
+    )
     min_accounts: int = Field(5, ge=2, description="a cluster needs this many distinct accounts to raise an alert")
-    lsh_bands: int | None = Field(None, ge=1, description="LSH bands; unset = chosen from threshold (set with lsh_rows)")
+    burst_span_s: float = Field(
+        120.0, gt=0, description="a wave: the cluster's distinct accounts within this many seconds (<= window_s)"
+    )
+    min_burst_accounts: int = Field(
+        10, ge=2, description="a wave alerts when at least this many distinct accounts post within burst_span_s ..."
+    )
+    min_burst_share: float = Field(
+        0.5, ge=0, le=1, description="... and they are at least this share of the cluster's accounts (a meme trickles, a wave does not)"
+    )
+    repeat_memory_s: float = Field(
+        21_600.0, gt=0, description="an account's near-duplicate posts are remembered this long (seconds) to spot repeat posters"
+    )
+    min_repeat_share: float = Field(
+        0.3, gt=0, le=1, description="or the cluster alerts when this share of its accounts also posted near-duplicates in an earlier wave"
+    )
+    update_growth: float = Field(
+        0.2, gt=0, description="an alerted cluster is re-sent (revision + 1) once its accounts not yet alerted reach this share of those alerted"
+    )
+    lsh_bands: int | None = Field(
+        None, ge=1, description="LSH bands; unset = chosen from threshold, at most max_lsh_bands (set with lsh_rows)"
+    )
     lsh_rows: int | None = Field(None, ge=1, description="LSH rows per band; unset = chosen from threshold (set with lsh_bands)")
+    max_lsh_bands: int = Field(
+        10, ge=1, description="cap on the bands chosen from threshold: each band costs ~1.3 us per text; rows keep their chosen value"
+    )
+    max_bucket_candidates: int = Field(
+        16, ge=1, description="a new text is compared with at most this many most recent texts of each LSH bucket it shares"
+    )
     max_samples: int = Field(5, ge=1, description="sample posts carried as evidence in an alert")
+    max_alert_accounts: int = Field(500, ge=1, description="alerts list at most this many accounts (most posts first)")
     seed: int = Field(1, ge=0, description="MinHash permutation seed (stored with every signature)")
     allowed_lateness_s: float = Field(60.0, ge=0, description="events up to this late are handled; later ones are counted and dropped")
 
@@ -99,6 +167,11 @@ class NearDuplicateParams(Section):
                 f"near_duplicate.lsh_bands * lsh_rows = {self.lsh_bands * self.lsh_rows} exceeds "
                 f"near_duplicate.num_perm = {self.num_perm}: lower bands/rows or raise num_perm",
             )
+        _require(
+            self.burst_span_s <= self.window_s,
+            f"near_duplicate.burst_span_s = {self.burst_span_s} is longer than near_duplicate.window_s = "
+            f"{self.window_s}: a wave must fit in the window",
+        )
         return self
 
 
@@ -113,12 +186,23 @@ class BurstParams(Section):
     )
     min_count: int = Field(20, ge=1, description="a burst needs at least this many events in the current pane")
     min_accounts: int = Field(10, ge=1, description="a burst needs at least this many distinct accounts")
-    max_p_value: float = Field(1e-6, gt=0, lt=1, description="alert when the count's tail probability under the baseline is below this")
-    prior_rate_per_pane: float = Field(0.5, gt=0, description="expected count per pane for keys with no history")
+    max_p_value: float = Field(
+        1e-6, gt=0, lt=1, description="alert when the count's Poisson tail probability under the baseline is at or below this"
+    )
+    prior_rate_per_pane: float = Field(
+        0.5,
+        gt=0,
+        description="floor of the expected count per pane (events), used for keys with no or little history: "
+        "0.5 lies between the 95% upper rates of a key unseen for 3 panes (1.0) and for 11 panes (0.27)",
+    )
+    min_history_panes: int = Field(
+        3, ge=1, description="no alerts until this many earlier panes were seen (on a cold start every key looks new)"
+    )
     cms_epsilon: float = Field(1e-4, gt=0, lt=1, description="count-min over-count bound as a share of the window's events")
     cms_delta: float = Field(1e-3, gt=0, lt=1, description="probability that a count exceeds the epsilon bound")
     conservative_update: bool = Field(True, description="count-min conservative update (smaller over-counts)")
-    hll_precision: int = Field(10, ge=4, le=16, description="HyperLogLog precision for distinct accounts per key")
+    max_samples: int = Field(5, ge=1, description="sample posts carried as evidence in an alert")
+    max_alert_accounts: int = Field(100, ge=1, description="alerts list at most this many accounts (most posts first)")
     allowed_lateness_s: float = Field(60.0, ge=0, description="events up to this late are handled; later ones are counted and dropped")
 
     @model_validator(mode="after")
@@ -133,6 +217,11 @@ class BurstParams(Section):
             abs(panes - round(panes)) < 1e-9 and round(panes) >= 2,
             f"burst.window_s = {self.window_s} is not a multiple (>= 2x) of burst.pane_s = "
             f"{self.pane_s}: the window is a whole number of panes (current + baseline)",
+        )
+        _require(
+            self.min_history_panes < round(panes),
+            f"burst.min_history_panes = {self.min_history_panes} needs more baseline panes than "
+            f"burst.window_s / pane_s - 1 = {round(panes) - 1}: lower it or widen the window",
         )
         return self
 

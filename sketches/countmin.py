@@ -367,12 +367,15 @@ class SlidingCountMin(SketchBase):
             return
         n = self.n_panes
         if pane - old >= n:  # the whole window left
-            self._panes.fill(0)
-            self._sum.fill(0)
-            self._totals.fill(0)
+            if self._totals.any():
+                self._panes.fill(0)
+                self._sum.fill(0)
+                self._totals.fill(0)
             return
         for pid in range(old - n + 1, pane - n + 1):
             slot = pid % n
+            if self._totals[slot] == 0:  # an empty pane holds only zeros: nothing to expire
+                continue
             np.subtract(self._sum, self._panes[slot], out=self._sum)
             self._panes[slot].fill(0)
             self._totals[slot] = 0

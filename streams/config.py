@@ -61,8 +61,23 @@ class KafkaParams(Section):
     ssl_certfile: str | None = Field(None, description="client certificate for SSL")
     ssl_keyfile: str | None = Field(None, description="client key for SSL")
     web_host: str = Field("127.0.0.1", description="address the worker's web/metrics server binds")
-    web_port: int = Field(6066, ge=0, le=65535, description="worker web/metrics port (0 = pick a free port)")
+    web_port: int = Field(
+        0, ge=0, le=65535, description="worker web/metrics port (0 = pick a free port, so workers on one host never collide)"
+    )
     data_dir: str = Field("coordwatch-data", description="directory for worker state; each worker uses a sub-directory")
+    snapshot_interval_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="a worker snapshots its pipeline (with input offsets) this often; a crash re-processes at most this span of input",
+    )
+    batch_messages: int = Field(
+        100, ge=1, le=100_000, description="the ingest agent hands the pipeline up to this many messages at a time"
+    )
+    batch_within_s: float = Field(
+        0.2, gt=0, le=60, description="... or fewer: what arrived within this many seconds"
+    )
+    max_poll_records: int = Field(
+        200, ge=1, le=100_000, description="consumer fetch size in messages (a 100-event envelope is one message)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

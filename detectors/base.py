@@ -1,0 +1,198 @@
+"""The one detector protocol and the alert it emits.
+
+A detector is driven the same way by replay (a file, in-process) and by the Faust
+agents (a partition of a topic):
+
+* ``process(events)`` — a batch in event-time order → alerts it can already decide;
+* ``advance(watermark)`` — event time has reached ``watermark`` (no more events before
+  it, bar lateness) → alerts of windows that closed; ``advance(math.inf)`` flushes;
+* ``snapshot()`` / ``restore(params, data)`` — all state as versioned bytes (the
+  :mod:`sketches.protocol` layout, never pickle), so a restarted worker resumes.
+
+Time is event time only. The base class keeps the watermark (the newest event time
+seen) and drops events older than ``watermark - allowed_lateness_s``, counting them in
+``stats["late_dropped"]``; subclasses see only events they must handle.
+
+Determinism rule for every detector: alerts are a function of the event *sequence* and
+the params, never of how it was cut into batches (replay uses large batches, a worker
+small ones, a restart cuts anywhere). A detector that decides at event-time ticks must
+split a batch at the tick, not at the batch end; a conformance test feeds every detector
+one stream in several batchings and requires byte-identical alerts.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import BaseModel
+
+from sketches.errors import IncompatibleSketchError
+from sketches.hashing import hash_string
+from sketches.protocol import pack, unpack
+
+if TYPE_CHECKING:
+    from detectors.events import Event
+
+SCHEMA = "coordwatch.alert/1"
+_ID_SEED = 0xA1E47
+
+
+def stable_id(prefix: str, *parts: object) -> str:
+    """A deterministic id from its parts (seeded 64-bit hash; never Python's ``hash()``)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return f"{prefix}{hash_string(text, _ID_SEED):016x}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert (output contract ``coordwatch.alert/1``; see ``schemas/alert.schema.json``).
+
+    ``group_id`` names the group/key across its life; ``alert_id`` names this revision of
+    it, so re-emitting the same state after a restart gives the same id (idempotent),
+    while a grown group gives a new id with ``status = "update"``.
+    """
+
+    type: str
+    group_id: str
+    revision: int
+    score: float
+    window_start: float
+    window_end: float
+    accounts: tuple[str, ...]  # capped at the detector's max; account_count is the full size
+    account_count: int
+    keys: tuple[str, ...]
+    evidence: dict[str, Any]
+    detector_params: dict[str, Any]
+    related: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def alert_id(self) -> str:
+        return stable_id("al-", self.group_id, self.revision)
+
+    @property
+    def status(self) -> str:
+        return "open" if self.revision == 0 else "update"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "alert_id": self.alert_id,
+            "group_id": self.group_id,
+            "type": self.type,
+            "status": self.status,
+            "revision": self.revision,
+            "score": round(float(self.score), 6),
+            "window": {"start": self.window_start, "end": self.window_end},
+            "accounts": list(self.accounts),
+            "account_count": self.account_count,
+            "keys": list(self.keys),
+            "evidence": self.evidence,
+            "detector": {"name": self.type, "params": self.detector_params},
+            "related": list(self.related),
+        }
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: sorted keys, so the same alert is the same bytes everywhere."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Detector(ABC, Generic[P]):
+    """Base of every detector: lateness, watermark, stats and the snapshot envelope."""
+
+    NAME: ClassVar[str]
+    STATE_VERSION: ClassVar[int]
+
+    def __init__(self, params: P) -> None:
+        self.params = params
+        self.watermark = -math.inf
+        self.stats: Counter[str] = Counter()
+
+    # -- driving ---------------------------------------------------------------------
+    def process(self, events: Sequence[Event]) -> list[Alert]:
+        """Handle a batch (event-time order); events later than the lateness bound are dropped.
+
+        Lateness is judged per event against the watermark *as of that event in the
+        sequence*, so the result never depends on where batch boundaries fall.
+        """
+        if not events:
+            return []
+        ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        before = np.maximum.accumulate(np.concatenate(([self.watermark], ts[:-1])))
+        keep = ts >= before - self.params.allowed_lateness_s  # type: ignore[attr-defined]
+        n_keep = int(keep.sum())
+        if n_keep < len(events):
+            self.stats["late_dropped"] += len(events) - n_keep
+            events = [e for e, k in zip(events, keep) if k]
+        self.stats["events"] += n_keep
+        alerts = self._process(events) if events else []
+        self.watermark = max(self.watermark, float(ts.max()))
+        return alerts
+
+    def advance(self, watermark: float) -> list[Alert]:
+        """Event time has reached ``watermark``: close windows, return their alerts."""
+        if watermark > self.watermark:
+            self.watermark = watermark
+        return self._advance(self.watermark)
+
+    @abstractmethod
+    def _process(self, events: Sequence[Event]) -> list[Alert]:
+        """Detector-specific handling of on-time events."""
+
+    @abstractmethod
+    def _advance(self, watermark: float) -> list[Alert]:
+        """Detector-specific window closing."""
+
+    # -- state -----------------------------------------------------------------------
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """JSON-able state and numpy arrays (sketch bytes go in as uint8 arrays)."""
+
+    @abstractmethod
+    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        """Inverse of :meth:`_state` on a freshly constructed detector."""
+
+    def snapshot(self) -> bytes:
+        state, arrays = self._state()
+        header = {
+            "kind": f"detector:{self.NAME}",
+            "version": self.STATE_VERSION,
+            "params": self.params.model_dump(mode="json"),
+            "watermark": None if self.watermark == -math.inf else self.watermark,
+            "stats": dict(self.stats),
+            "state": state,
+        }
+        return pack(header, arrays)
+
+    @classmethod
+    def restore(cls, params: P, data: bytes) -> Self:
+        """A detector with ``params`` resuming from ``snapshot()`` bytes.
+
+        The stored parameters must equal ``params``: state built under other windows or
+        thresholds is not silently reused.
+        """
+        header, arrays = unpack(data, kind=f"detector:{cls.NAME}", version=cls.STATE_VERSION)
+        given = params.model_dump(mode="json")
+        if header["params"] != given:
+            diffs = sorted(
+                f"{k}: stored {header['params'].get(k)!r} vs given {given.get(k)!r}"
+                for k in set(given) | set(header["params"])
+                if header["params"].get(k) != given.get(k)
+            )
+            raise IncompatibleSketchError(
+                f"{cls.NAME} snapshot was taken with other parameters ({'; '.join(diffs)})"
+            )
+        det = cls(params)
+        det.watermark = -math.inf if header["watermark"] is None else header["watermark"]
+        det.stats = Counter(header["stats"])
+        det._load_state(header["state"], arrays)
+        return det
