@@ -136,6 +136,77 @@ def evaluate_cmd(labels: Path, alerts: Path, as_json: bool) -> None:
         click.echo(format_report(report))
 
 
+# -- streaming -------------------------------------------------------------------------
+@cli.command("broker")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen port (default: kafka.broker's port; 0 = any free).")
+@config_options
+def broker_cmd(loaded: cfg.Loaded, port: int | None) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, in memory) on 127.0.0.1 until Ctrl-C."""
+    import signal as sig
+
+    from streams.broker import EmbeddedBroker, bootstrap_servers
+
+    if port is None:
+        port = int(bootstrap_servers(loaded.config.kafka.broker)[0].rpartition(":")[2])
+    broker = EmbeddedBroker(port).start()
+    click.echo(f"broker ready: --set kafka.broker={broker.url}  (Ctrl-C stops it)", err=True)
+    try:  # blocked only now: the broker must not inherit a mask hiding SIGTERM
+        sig.pthread_sigmask(sig.SIG_BLOCK, {sig.SIGINT, sig.SIGTERM})
+        sig.sigwait({sig.SIGINT, sig.SIGTERM})
+    finally:
+        broker.stop()
+
+
+@cli.command("worker")
+@config_options
+@click.option("--worker-id", help="Stable name of this worker's state (default: the host name).")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker_cmd(loaded: cfg.Loaded, worker_id: str | None, loglevel: str) -> None:
+    """Run a detection worker: events topics in, alerts and dead letters out."""
+    from streams.worker import run
+
+    run(loaded.config, worker_id, loglevel)
+
+
+@cli.command("produce")
+@click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second (default: as fast as possible).")
+@click.option("--envelope", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Events per message (1 = one plain event per message).")
+@click.option("--key", help="Message key of every message (default: the file name: one partition, file order).")
+@click.option("--topic", help="Target topic (default: the first of topics.events).")
+@config_options
+def produce_cmd(loaded: cfg.Loaded, events: Path, rate: float | None, envelope: int, key: str | None,
+                topic: str | None) -> None:
+    """Send EVENTS.jsonl[.gz] to the input topic as batch envelopes; prints events/s."""
+    from streams.produce import produce
+
+    summary = produce(loaded.config, events, envelope=envelope, rate=rate, key=key, topic=topic)
+    click.echo(summary.format(), err=True)
+
+
+@cli.command("alerts")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new alerts (only new ones unless --from-beginning).")
+@click.option("--from-beginning", is_flag=True, help="With --follow: print the alerts already on the topic first.")
+@click.option("--type", "types", multiple=True, help="Only this alert type (repeatable).")
+@click.option("--min-score", type=float, help="Only alerts scoring at least this.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, as published.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), help="Exit after this many seconds without a new alert.")
+@config_options
+def alerts_cmd(loaded: cfg.Loaded, follow: bool, from_beginning: bool, types: tuple[str, ...],
+               min_score: float | None, as_json: bool, idle_timeout: float | None) -> None:
+    """Show alerts: a table (default) or JSON lines; each alert id once. Without --follow,
+    what is on the topic now."""
+    from streams.alerts_view import Filter, show
+
+    try:
+        show(loaded.config, lambda line: click.echo(line), follow=follow, from_beginning=from_beginning,
+             keep=Filter(frozenset(types), min_score), as_json=as_json, idle_timeout_s=idle_timeout)
+    except KeyboardInterrupt:
+        pass
+
+
 # -- bench ---------------------------------------------------------------------------
 @cli.group("bench")
 def bench_group() -> None:

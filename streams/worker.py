@@ -1,0 +1,112 @@
+"""One worker process: lock its state directory, create topics, serve metrics, run Faust.
+
+The worker id names the worker's state (``<data_dir>/<worker_id>/`` and the snapshot
+topic), so it must be stable across restarts and unique among live workers: a lock
+file stops a second process with the same id on this host. Metrics are served by
+prometheus-client on ``kafka.web_host:kafka.web_port`` (port 0 = any free port; the
+chosen one is logged and written to ``<data_dir>/<worker_id>/metrics.port``). Faust's
+own web server is off: it would bind 0.0.0.0:6066 and collide between workers.
+
+Any error in the agent or the snapshot timer ends the process (exit 70) rather than
+letting Faust restart the agent over half-updated state: the restarted worker resumes
+from its last snapshot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import IO, NoReturn
+
+from sketches.errors import CoordwatchError
+from streams.broker import describe, ensure_topics
+from streams.config import Config
+
+log = logging.getLogger("streams.worker")
+
+FATAL_EXIT = 70
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def default_worker_id() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "worker"
+
+
+def fatal(exc: BaseException) -> NoReturn:
+    """Log and leave at once: state may be half-updated, the snapshot is the truth."""
+    log.critical("worker stopping on error: %r", exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(FATAL_EXIT)
+
+
+def lock_dir(path: Path) -> IO[str]:
+    """Hold ``path/worker.lock`` for the life of the process (released by the OS)."""
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / "worker.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CoordwatchError(
+            f"{path} is in use by another worker with the same --worker-id on this host"
+        ) from None
+    return handle
+
+
+def serve_metrics(config: Config, folder: Path) -> int:
+    """Start the Prometheus endpoint; returns its port (also written to ``metrics.port``)."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(config.kafka.web_port, addr=config.kafka.web_host)
+    port = int(server.server_port)
+    (folder / "metrics.port").write_text(f"{port}\n")
+    return port
+
+
+def run(config: Config, worker_id: str | None = None, loglevel: str = "info") -> NoReturn:
+    """Run one worker until SIGTERM/SIGINT (or an error: exit 70)."""
+    from streams.app import create_app, snapshot_topic, worker_dir
+
+    worker_id = worker_id or default_worker_id()
+    if not _ID_RE.match(worker_id):
+        raise CoordwatchError(f"--worker-id {worker_id!r}: use letters, digits, '.', '_' and '-' only")
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    folder = worker_dir(config, worker_id)
+    lock = lock_dir(folder)
+    t = config.topics
+    ensure_topics(config, [*t.events, t.alerts, t.dead_letter])
+    # only the newest snapshot is ever read: a real cluster may drop old ones (Tansu keeps all)
+    keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
+    ensure_topics(config, [snapshot_topic(config, worker_id)], partitions=1, configs={"retention.ms": keep_ms})
+    port = serve_metrics(config, folder)
+    log.info(
+        "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
+        worker_id, config.kafka.app_id, describe(config.kafka), config.kafka.web_host, port,
+    )  # fmt: skip
+    app, _ = create_app(config, worker_id)
+    import faust
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        lock.close()
+
+
+def started_ago() -> float:
+    """Seconds since this process started (for the start-up figure in the log), from
+    kernel uptime: wall-clock based ages break when the clock is set."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except OSError:  # not Linux
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+

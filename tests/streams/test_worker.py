@@ -1,0 +1,331 @@
+"""Workers as real processes on the real embedded broker (Tansu, 127.0.0.1, a free port).
+
+Every test uses its own app id and topics (the broker never deletes anything), runs
+``python -m streams worker`` in ``tmp_path`` and kills whatever it started, pass or fail.
+
+The stream is SyntheticStream(seed=3, hours=3, rate=3, accounts=8000) followed by two
+quiet sentinel events a day apart: a live worker closes a window when later events
+arrive, while a replay closes them all at the end of its file (``advance(inf)``); the
+sentinels close every window in both, so the alert sets must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from detectors.events import Rejection, parse_message
+from detectors.synthetic import SyntheticStream
+from streams.broker import EmbeddedBroker
+from streams.produce import envelopes
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_EVENT_BYTES = 4096
+pytestmark = pytest.mark.timeout(180)
+
+
+# -- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    b = EmbeddedBroker(0, log_file=tmp_path_factory.mktemp("broker") / "tansu.log").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def stream_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stream") / "events.jsonl"
+    events = list(SyntheticStream(seed=3, hours=3, rate=3, accounts=8000).events())
+    last = max(e["ts"] for e in events)
+    sentinels = [{"ts": last + d * 86_400, "account_id": "sentinel", "action": "heartbeat"} for d in (1, 2)]
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events + sentinels))
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(stream_file: Path) -> set[tuple[Any, ...]]:
+    """The alert set of ``coordwatch replay`` on the same file."""
+    out = stream_file.with_name("replay-alerts.jsonl")
+    run = subprocess.run(
+        [sys.executable, "-m", "streams", "replay", str(stream_file), "--out", str(out), "--set", "replay.progress=false"],
+        cwd=stream_file.parent, env=env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    alerts = summarise(out.read_bytes().splitlines())
+    assert alerts, "replay found no alerts in a stream with injected campaigns"
+    return alerts
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+# -- helpers -----------------------------------------------------------------------------
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
+    return e
+
+
+def summarise(lines: list[bytes]) -> set[tuple[Any, ...]]:
+    out = set()
+    for line in lines:
+        a = orjson.loads(line)
+        out.add((a["alert_id"], a["type"], tuple(a["accounts"])))
+    return out
+
+
+class Setup:
+    """One test's config file, topics and worker processes."""
+
+    def __init__(self, broker: EmbeddedBroker, tmp: Path, procs: list[subprocess.Popen[bytes]], **kafka: Any) -> None:
+        self.broker, self.tmp, self.procs = broker, tmp, procs
+        tag = f"t{uuid.uuid4().hex[:10]}"
+        self.app_id = tag
+        self.events, self.alerts, self.dlq = f"{tag}.events", f"{tag}.alerts", f"{tag}.dlq"
+        settings = {
+            "broker": broker.url, "app_id": tag, "session_timeout_s": 6, "commit_interval_s": 1,
+            "snapshot_interval_s": 1, "data_dir": str(tmp / "data"), "batch_messages": 20, **kafka,
+        }  # fmt: skip
+        lines = ["[kafka]"] + [f"{k} = {orjson.dumps(v).decode()}" for k, v in settings.items()]
+        lines += ["[topics]", f'events = ["{self.events}"]', f'alerts = "{self.alerts}"', f'dead_letter = "{self.dlq}"']
+        lines += ["[events]", f"max_event_bytes = {MAX_EVENT_BYTES}", "[replay]", "progress = false"]
+        self.config = tmp / "coordwatch.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        run = subprocess.run(
+            [sys.executable, "-m", "streams", *args, "--config", str(self.config)],
+            cwd=self.tmp, env=env(), capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run
+
+    def start_worker(self, name: str = "w1") -> Worker:
+        log = self.tmp / f"{name}-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker", "--config", str(self.config), "--worker-id", name],
+                cwd=self.tmp, env=env(), stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.procs.append(proc)
+        worker = Worker(proc, self.tmp / "data" / name, log)
+        worker.wait_for(lambda: "Worker ready" in worker.log_text(), 60, "the worker to join its group")
+        return worker
+
+    def alert_values(self) -> list[bytes]:
+        """Every alert on the topic, duplicates included."""
+        return read_topic(self.broker, self.alerts)[0]
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen[bytes], folder: Path, log: Path) -> None:
+        self.proc, self.folder, self.log = proc, folder, log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        from urllib.request import urlopen
+
+        port = (self.folder / "metrics.port").read_text().strip()
+        text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+        return out
+
+    def metric(self, name: str) -> float:
+        try:
+            return self.metrics().get(name, 0.0)
+        except OSError:
+            return 0.0
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the worker exited ({self.proc.returncode}) waiting for {what}:\n{self.log_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def read_topic(broker: EmbeddedBroker, topic: str) -> tuple[list[bytes], list[Any]]:
+    """(values, records) of every message on ``topic``, in partition then offset order."""
+    consumer = KafkaConsumer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + 20
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records += batch
+    finally:
+        consumer.close()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return [r.value for r in records], records
+
+
+def counts(stream_file: Path) -> tuple[int, int]:
+    """(messages, valid events) that ``coordwatch produce`` makes of the file."""
+    with open(stream_file, "rb") as f:
+        msgs = list(envelopes(f, 100, MAX_EVENT_BYTES))
+    valid = sum(1 for m, _ in msgs for item in parse_message(m, MAX_EVENT_BYTES) if not isinstance(item, Rejection))
+    return len(msgs), valid
+
+
+# -- tests -------------------------------------------------------------------------------
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(broker, tmp_path, procs):
+    s = Setup(broker, tmp_path, procs)
+    good = b'{"ts": 1700000000, "account_id": "a1", "action": "post", "text": "hello"}'
+    inputs = [
+        good,
+        b"this is not json",
+        b'{"ts": 1700000001, "action": "post"}',
+        b'{"ts": "yesterday", "account_id": "a2", "action": "post"}',
+        b'{"ts": 1700000002, "account_id": ["x"], "action": "post"}',
+        b'{"ts": 1700000003, "account_id": "a3", "action": "post", "text": "' + b"x" * MAX_EVENT_BYTES + b'"}',
+        b'[' + good + b', {"ts": 1700000004, "account_id": "b"}, ' + good.replace(b"a1", b"a4") + b"]",
+        b"[]",
+        b"\xff\xfe{",
+        b"42",
+        good.replace(b"a1", b"a5"),
+    ]
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
+    from streams.broker import ensure_topics
+    from streams.config import load
+
+    ensure_topics(load(s.config).config, [s.events])
+    sent = [producer.send(s.events, key=b"k", value=v).get(10) for v in inputs]
+    producer.close()
+    want = []
+    n_valid = 0
+    for meta, value in zip(sent, inputs, strict=True):
+        for item in parse_message(value, MAX_EVENT_BYTES):
+            if isinstance(item, Rejection):
+                want.append((meta.partition, meta.offset, item.reason, item.index, item.raw))
+            else:
+                n_valid += 1
+    assert {w[2] for w in want} >= {"not_json", "missing_field:account_id", "bad_ts", "bad_type:account_id",
+                                    "too_large", "missing_field:action", "empty_envelope", "not_utf8", "not_object"}
+
+    w = s.start_worker()
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= len(inputs), 30, "all input messages")
+    w.wait_for(lambda: len(read_topic(broker, s.dlq)[0]) >= len(want), 20, "the dead letters")
+    _, records = read_topic(broker, s.dlq)
+    got = []
+    for r in records:
+        h = {k: v.decode() for k, v in r.headers}
+        assert h["source_topic"] == s.events and h["detail"]
+        index = int(h["index"]) if "index" in h else None
+        got.append((int(h["source_partition"]), int(h["source_offset"]), h["reason"], index, r.value))
+        assert r.key == b"k"
+    assert sorted(got) == sorted(want)
+
+    m = w.metrics()
+    for reason in {x[2] for x in want}:
+        assert m[f"coordwatch_rejected_total{{reason={reason}}}"] == sum(1 for x in want if x[2] == reason)
+    assert m["coordwatch_events_total"] == n_valid
+    # still alive and still consuming
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
+    producer.send(s.events, key=b"k", value=good.replace(b"a1", b"a6")).get(10)
+    producer.close()
+    w.wait_for(lambda: w.metric("coordwatch_events_total") == n_valid + 1, 20, "the event after the bad ones")
+    assert w.proc.poll() is None
+
+
+def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_file, expected):
+    s = Setup(broker, tmp_path, procs)
+    t0 = time.monotonic()
+    s.cli("produce", str(stream_file))
+    w = s.start_worker()
+    messages, valid = counts(stream_file)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages, 60, "the whole stream")
+    w.wait_for(lambda: len(s.alert_values()) >= len(expected), 20, "the alerts")
+    print(f"stream of {valid} events: produced, worker started and all alerts out in {time.monotonic() - t0:.1f} s")
+    assert w.metric("coordwatch_events_total") == valid
+    got = s.alert_values()
+    assert len(got) == len(set(got))
+    assert summarise(got) == expected
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
+    broker, tmp_path, procs, stream_file, expected
+):
+    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    messages, _ = counts(stream_file)
+    w = s.start_worker()
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
+        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    procs.append(producer)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages * 0.4, 60, "40% of the stream")
+    w.kill()
+    before = len(s.alert_values())
+    assert producer.wait(60) == 0
+    w2 = s.start_worker()
+    w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 60, "the rest of the alerts")
+    time.sleep(2)  # anything published twice would be out by now
+    got = s.alert_values()
+    print(f"{before} alerts before the kill; restarted worker suppressed {w2.metric('coordwatch_alerts_suppressed_total'):.0f}")
+    assert len(got) == len(set(got)), "an alert id was published twice"
+    assert summarise(got) == expected
+
+
+def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_path, procs, stream_file, expected):
+    s = Setup(broker, tmp_path, procs)
+    lines = stream_file.read_bytes().splitlines(keepends=True)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_bytes(b"".join(lines[: len(lines) // 2]))
+    second.write_bytes(b"".join(lines[len(lines) // 2 :]))
+    _, valid = counts(stream_file)
+    w = s.start_worker()
+    s.cli("produce", str(first), "--key", "k")
+    first_messages, _ = counts(first)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= first_messages, 60, "the first half")
+    broker.signal(signal.SIGSTOP)
+    try:
+        time.sleep(30)
+    finally:
+        broker.signal(signal.SIGCONT)
+    assert w.proc.poll() is None, w.log_text()[-4000:]
+    s.cli("produce", str(second), "--key", "k")
+    w.wait_for(lambda: w.metric("coordwatch_events_total") >= valid, 90, "the second half")
+    w.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 30, "the alerts")
+    time.sleep(1)
+    assert w.metric("coordwatch_events_total") == valid, "an event was processed twice"
+    got = s.alert_values()
+    assert len(got) == len(set(got))
+    assert summarise(got) == expected
+    assert w.proc.poll() is None
