@@ -18,7 +18,8 @@ import orjson
 from detectors.events import parse_message
 from streams.benchmarks.common import Row, best_time
 
-DATASET = Path("/work/shared/data/coord_eval/datasets/german_elections.jsonl.gz")
+#: ../shared beside the repository (a developer checkout); the benchmark falls back to generated events.
+DATASET = Path(__file__).resolve().parents[3] / "shared" / "data" / "coord_eval" / "datasets" / "german_elections.jsonl.gz"
 _WORDS = "wahl bundestag klima heute alle jetzt teilen news video lesen morgen".split()
 _TAGS = ["#Wahl2021", "#BTW21", "#Klima", "#AfD", "#Laschet", "#Baerbock", "#Scholz"]
 _SITES = ["https://www.example.de", "https://news.example.com", "http://blog.example.org"]

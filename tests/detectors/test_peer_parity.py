@@ -29,7 +29,6 @@ from streams.config import load
 
 COORD_EVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "coord_eval"
 PEERS = COORD_EVAL / "peer_results"
-pytestmark = pytest.mark.skipif(not COORD_EVAL.is_dir(), reason="shared coord_eval data not mounted")
 
 Edges = dict[tuple[str, str], int]
 
