@@ -42,7 +42,7 @@ class CoActionParams(Section):
     memory_s: float = Field(
         21_600.0, gt=0, description="pair weights accumulate over this sliding span (seconds); >= pair_window_s"
     )
-    min_weight: int = Field(3, ge=1, description="pairs with at least this many co-actions form graph edges")
+    min_weight: int = Field(4, ge=1, description="pairs with at least this many co-actions form graph edges")
     min_participation: int = Field(
         2,
         ge=1,

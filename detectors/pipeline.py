@@ -52,8 +52,9 @@ def detector_classes() -> dict[str, type[Detector[Any]]]:
     """Config section name → detector class, in the order their alerts are emitted."""
     from detectors.burst import BurstDetector
     from detectors.co_action import CoActionDetector
+    from detectors.near_duplicate import NearDuplicateDetector
 
-    return {"co_action": CoActionDetector, "burst": BurstDetector}
+    return {"co_action": CoActionDetector, "near_duplicate": NearDuplicateDetector, "burst": BurstDetector}
 
 
 class Pipeline:

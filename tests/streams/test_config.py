@@ -34,7 +34,7 @@ def test_layers_later_wins_and_sources_are_reported(tmp_path: Path):
     assert (c.co_action.pair_window_s, src["co_action.pair_window_s"]) == (30.0, f"file {f}")
     assert (c.co_action.min_weight, src["co_action.min_weight"]) == (9, "--set co_action.min_weight")
     assert (c.burst.min_count, src["burst.min_count"]) == (4, "env COORDWATCH_BURST__MIN_COUNT")
-    assert (c.near_duplicate.threshold, src["near_duplicate.threshold"]) == (0.7, "preset sensitive")
+    assert (c.near_duplicate.threshold, src["near_duplicate.threshold"]) == (0.4, "preset sensitive")
     assert src["burst.pane_s"] == "default"
 
 

@@ -1,0 +1,537 @@
+"""near_duplicate: copy-paste campaigns, i.e. many accounts posting edited copies of one text.
+
+**Matching** (vectorised per batch; Python work only for texts that matched): texts of
+``text_actions`` events (retweets and shares repeat their source by design) with at least
+``min_tokens`` tokens are normalised, cut into word 2-grams, MinHashed (128 permutations)
+and put in a :class:`~sketches.lsh.WindowedLSH` of ``window_s``; a pair is a near-duplicate
+when its estimated Jaccard is ``>= threshold``. Pairs from the same account are ignored.
+
+**Defaults, measured** on the synthetic generator (6 seeds x 24 h, 142 copy_paste waves;
+"capture" = share of a wave's texts in its largest cluster, strong / medium / weak waves):
+
+* word 2-grams at 0.5: capture 0.998 / 0.997 / 0.955; at 0.6: 0.995 / 0.976 / 0.82; at 0.8
+  (the old default): 0.89 / 0.73 / 0.27. Word 1-grams at 0.7 capture as well (1.0 / 0.997 /
+  0.95), but same-topic posts share twice as many 1-grams (max exact J 0.29 vs 0.14 for
+  2-grams, ``tests/sketches/test_shingling.py``), which feeds the LSH more candidates on a
+  topical real stream; word 3-grams (0.99 / 0.95 / 0.65) and char 4-grams at 0.6 (0.999 /
+  0.993 / 0.90, 5x the shingles) do worse. Random organic pairs reach J 0.22 at most (2-grams,
+  3 M pairs), so 0.5 leaves a wide margin; pairs of weak-wave copies (3.5 edits each) are
+  >= 0.5 in 78 % of cases, and one match per copy suffices to join the cluster.
+* bands: ``choose_bands(0.5)`` gives 26 x 3; each band costs ~1.3 us per text in the LSH's
+  dict work, so bands are capped at ``max_lsh_bands`` = 10 (rows stay 3). 10 x 3 finds a
+  J = 0.5 pair with probability 0.74 instead of 0.97, yet captures waves the same (0.997 /
+  0.995 / 0.955) at 2.4x the speed: 93 k vs 39 k texts/s of CPU (8 x 3: capture 0.934 on
+  weak waves).
+
+**Clusters**: union of the documents of near-duplicate pairs (a merge keeps the identity of an
+alerted cluster, else of the oldest). A cluster's accounts, repeats and burst count are over
+its live documents; documents expire with the window in exactly the LSH's order, and a
+cluster with no live document is gone (it is not split when a bridging document expires).
+
+**Meme vs campaign.** Both are many accounts posting edited copies; a meme trickles in over
+hours (each person once), a campaign comes in waves within minutes, the same accounts again
+in each wave. A cluster of ``>= min_accounts`` accounts alerts when either
+
+* *wave*: ``>= min_burst_accounts`` distinct accounts posted within ``burst_span_s`` and they
+  are ``>= min_burst_share`` of the cluster's live accounts. The share keeps a popular meme
+  out: the generator's meme (150 people over 6 h) reaches 8-12 accounts in 300 s (median,
+  max of 2000 simulations), so a count alone would fire; 10 within 120 s that are half the
+  cluster fires in 0 of 2000 (0.5 % when squeezed into 2.25 h), while strong waves put 30-54
+  accounts within 120 s;
+* *repeat posters*: ``>= min_repeat_share`` of its accounts are repeats, i.e. their
+  clustered posts (in any cluster) within ``repeat_memory_s`` span at least ``burst_span_s``.
+  An account counts as a repeat in the cluster its later post joins. A meme has none; later
+  waves of a campaign consist of them, so sparse waves (medium / weak) alert from the second
+  wave on. The first wave of a sparse campaign is not distinguishable from a meme's start.
+
+**Alerts** (group ``stable_id("nd-", origin event id, account, ts)``, the origin being the
+cluster's first document): open at the document that qualifies the cluster; then an update
+(revision + 1) once the cluster has ``update_growth`` (20 %) more live accounts than its last
+alert sent, checked at most once per ``burst_span_s`` after it (a two-minute wave gives an
+open and one update with the full wave), at the first document at or after that time, or at
+``advance(inf)``. Accounts: most live posts first, capped at ``max_alert_accounts``. Keys:
+``text:<16 hex>`` of the origin's normalised text (as burst's text keys). Score =
+accounts x mean Jaccard x max(peak burst accounts / accounts (<= 1), repeat share): the size
+of the group times how copied and how coordinated.
+
+**Determinism and memory.** Every decision is taken at a document, with the state as of that
+document (matches and due updates are interleaved in document order), so alerts do not
+depend on batching. State: live documents (the LSH's window), their clusters, and for
+accounts with clustered posts in the last ``repeat_memory_s`` two timestamps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from bisect import bisect_left, insort
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from detectors.base import Alert, Detector, stable_id
+from detectors.events import Event
+from detectors.params import NearDuplicateParams
+from sketches.hashing import hash_string
+from sketches.lsh import WindowedLSH, choose_bands
+from sketches.minhash import minhasher
+from sketches.shingling import normalize, shingle_batch
+
+_TEXT_CHARS = 200  # sample texts are cut to this many characters (as burst's sample posts)
+_TRIM = 4096  # the document store drops expired entries in blocks of at least this many
+
+Sample = tuple[int, str, float, str, str]  # (seq, account, ts, event_id, text)
+
+
+@dataclass(eq=False, slots=True)
+class _Cluster:
+    """Documents joined by near-duplicate pairs from distinct accounts; state of live documents
+    only (accounts, repeats, burst), plus running totals (documents, Jaccard, time span)."""
+
+    revision: int = -1  # of its last alert; -1: never alerted
+    docs: list[int] = field(default_factory=list)  # seqs of its documents; expired ones pruned lazily
+    live: int = 0
+    documents: int = 0  # ever joined
+    accounts: Counter[str] = field(default_factory=Counter)  # live documents per account
+    repeats: set[str] = field(default_factory=set)  # live accounts that joined in a later wave
+    reported: set[str] = field(default_factory=set)  # live accounts already alerted
+    recent: list[tuple[float, int, str]] = field(default_factory=list)  # (ts, seq, account) of the last burst_span_s
+    burst: Counter[str] = field(default_factory=Counter)  # documents of `recent` per account
+    peak: int = 0  # most distinct accounts seen within burst_span_s
+    agree: int = 0  # equal MinHash values summed over its pairs: mean Jaccard = agree / (pairs * num_perm)
+    pairs: int = 0
+    t_first: float = math.inf
+    t_last: float = -math.inf
+    samples: list[Sample] = field(default_factory=list)  # first documents of distinct accounts; [0] is the origin
+    alert_ts: float = -math.inf  # event time of its last alert
+    due: float | None = None  # when a pending update is checked (its heap entry)
+
+    def order(self) -> tuple[bool, int]:
+        """Which cluster's identity survives a merge: an alerted one, then the oldest origin."""
+        return (self.revision < 0, self.samples[0][0])
+
+
+def _drop(counts: Counter[str], key: str) -> int:
+    """Decrement ``key``, deleting it at zero (a Counter's size is its distinct keys); the new count."""
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+    return n
+
+
+def lsh_shape(p: NearDuplicateParams) -> tuple[int, int]:
+    """(bands, rows): as set, or chosen from threshold with bands capped at max_lsh_bands."""
+    if p.lsh_bands is not None and p.lsh_rows is not None:
+        return p.lsh_bands, p.lsh_rows
+    bands, rows = choose_bands(p.threshold, p.num_perm)
+    return min(bands, p.max_lsh_bands), rows
+
+
+class NearDuplicateDetector(Detector[NearDuplicateParams]):
+    NAME: ClassVar[str] = "near_duplicate"
+    STATE_VERSION: ClassVar[int] = 1
+
+    def __init__(self, params: NearDuplicateParams) -> None:
+        super().__init__(params)
+        p = params
+        self._actions = frozenset(p.text_actions)
+        self._dump = p.model_dump(mode="json")
+        self._lsh = WindowedLSH(p.window_s, p.threshold, p.num_perm, *lsh_shape(p), p.seed)
+        # Live documents, indexed by seq - base; seqs [head, next) are live, as in the LSH.
+        self._ts: list[float] = []
+        self._acc: list[str] = []
+        self._eid: list[str] = []
+        self._text: list[str] = []
+        self._clu: list[_Cluster | None] = []
+        self._base = self._head = self._next = 0
+        self._newest = -math.inf  # the LSH's clock: newest ts inserted
+        self._raiser = 0  # seq of the document that last advanced it (expiry stops there)
+        self._seen: dict[str, tuple[float, float]] = {}  # account -> first, last ts of its clustered posts
+        self._seen_queue: deque[tuple[float, str]] = deque()  # (last, account), for forgetting
+        # Alerted clusters that changed: (due, origin seq, push count, cluster); stale entries are skipped.
+        self._pending: list[tuple[float, int, int, _Cluster]] = []
+        self._pushes = 0
+
+    # -- processing ------------------------------------------------------------------
+    def _process(self, events: Sequence[Event]) -> list[Alert]:
+        p, actions = self.params, self._actions
+        docs = [e for e in events if e.text is not None and e.action in actions]
+        if not docs:
+            return []
+        sh = shingle_batch([e.text for e in docs], p.shingle_kind, p.shingle_n)  # type: ignore[misc]
+        keep = sh.token_counts >= p.min_tokens
+        hashes, offsets = sh.hashes, sh.offsets
+        if not keep.all():
+            self.stats["short_texts"] += int((~keep).sum())
+            sizes = np.diff(offsets)
+            hashes = hashes[np.repeat(keep, sizes)]
+            offsets = np.concatenate(([0], np.cumsum(sizes[keep])))
+            docs = [e for e, k in zip(docs, keep.tolist()) if k]
+            if not docs:
+                return []
+        m, first = len(docs), self._next
+        self.stats["documents"] += m
+        ts = np.fromiter((e.ts for e in docs), dtype=np.float64, count=m)
+        sigs = minhasher(p.num_perm, p.seed).signatures(hashes, offsets)
+        seqs = np.arange(first, first + m)
+        matches = self._lsh.insert_and_query(
+            sigs, ts, seqs, min_jaccard=p.threshold, max_per_bucket=p.max_bucket_candidates
+        )
+        self._ts += ts.tolist()
+        self._acc += [e.account_id for e in docs]
+        self._eid += [e.event_id for e in docs]
+        self._text += [e.text for e in docs]  # type: ignore[misc]
+        self._clu += [None] * m
+        self._next += m
+        # The LSH's clock as each document is inserted: it expires the items before the
+        # document that last advanced it; the store mirrors that exactly.
+        clock = np.maximum.accumulate(np.concatenate(([self._newest], ts)))
+        raiser = np.maximum.accumulate(np.where(ts > clock[:-1], seqs, self._raiser))
+        now = clock[1:]
+
+        def expire_to(k: int) -> None:
+            self._expire(float(now[k]) - p.window_s, int(raiser[k]))
+
+        # Matches and due updates in document order, each with the state as of its document.
+        alerts: list[Alert] = []
+        mi, cur = 0, -1
+        while True:
+            nxt = matches[mi][0] if mi < len(matches) else m
+            if self._pending:
+                k = max(int(np.searchsorted(now, self._pending[0][0])), cur)
+                if k < m and k <= nxt:
+                    if k > cur:
+                        expire_to(k)
+                        cur = k
+                    alerts += self._due(float(now[k]), float(now[k]))
+                    continue
+            if mi == len(matches):
+                break
+            i, cands, est = matches[mi]
+            mi, cur = mi + 1, i
+            expire_to(i)
+            cluster = self._match(first + i, cands.tolist(), est.tolist())
+            if cluster is not None:
+                alerts += self._changed(cluster, float(now[i]))
+        self._newest, self._raiser = float(clock[-1]), int(raiser[-1])
+        self._expire(self._newest - p.window_s, self._raiser)
+        self._forget()
+        return alerts
+
+    def _advance(self, watermark: float) -> list[Alert]:
+        """Only the end of the stream sends pending updates: other watermarks depend on the
+        driver, documents do not (a live stream reaches a due update with its next post)."""
+        return self._due(math.inf, self._newest) if watermark == math.inf else []
+
+    def _match(self, seq: int, cands: list[int], est: list[float]) -> _Cluster | None:
+        """Join document ``seq`` with its near-duplicates from other accounts."""
+        base, acc, clu = self._base, self._acc, self._clu
+        account = acc[seq - base]
+        clusters: list[_Cluster] = []
+        singles: list[int] = []
+        agree = pairs = 0
+        for c, j in zip(cands, est):
+            if acc[c - base] == account:
+                continue
+            pairs += 1
+            agree += round(j * self.params.num_perm)
+            k = clu[c - base]
+            if k is None:
+                singles.append(c)
+            elif k not in clusters:
+                clusters.append(k)
+        if not pairs:
+            return None
+        if clusters:
+            clusters.sort(key=_Cluster.order)
+            cluster = clusters[0]
+            for other in clusters[1:]:
+                cluster = self._merge(cluster, other)
+        else:
+            cluster = _Cluster()
+        for c in singles:
+            self._attach(cluster, c)
+        self._attach(cluster, seq)
+        cluster.agree += agree
+        cluster.pairs += pairs
+        return cluster
+
+    def _attach(self, c: _Cluster, seq: int) -> None:
+        p, i = self.params, seq - self._base
+        account, t = self._acc[i], self._ts[i]
+        self._clu[i] = c
+        c.docs.append(seq)
+        c.live += 1
+        c.documents += 1
+        c.accounts[account] += 1
+        if self._seen_again(account, t):
+            c.repeats.add(account)
+        c.t_first = min(c.t_first, t)
+        if t > c.t_last:
+            c.t_last = t
+            self._prune_recent(c)
+        if t >= c.t_last - p.burst_span_s:
+            insort(c.recent, (t, seq, account))
+            c.burst[account] += 1
+            c.peak = max(c.peak, len(c.burst))
+        if len(c.samples) < p.max_samples and all(s[1] != account for s in c.samples):
+            c.samples.append((seq, account, t, self._eid[i], self._text[i]))
+
+    def _seen_again(self, account: str, t: float) -> bool:
+        """Record a clustered post; True if the account's remembered ones span a wave gap."""
+        p = self.params
+        rec = self._seen.get(account)
+        if rec is None or rec[1] < t - p.repeat_memory_s:
+            rec = (t, t)
+        else:
+            rec = (min(rec[0], t), max(rec[1], t))
+        self._seen[account] = rec
+        self._seen_queue.append((rec[1], account))
+        return rec[1] - rec[0] >= p.burst_span_s
+
+    def _prune_recent(self, c: _Cluster) -> None:
+        k = bisect_left(c.recent, (c.t_last - self.params.burst_span_s,))
+        for _, _, account in c.recent[:k]:
+            _drop(c.burst, account)
+        del c.recent[:k]
+
+    def _merge(self, keep: _Cluster, other: _Cluster) -> _Cluster:
+        """One cluster with ``keep``'s identity; the object with more documents absorbs the other."""
+        dst, src = (keep, other) if len(keep.docs) >= len(other.docs) else (other, keep)
+        head, base, clu = self._head, self._base, self._clu
+        moved = [s for s in src.docs if s >= head]
+        for s in moved:
+            clu[s - base] = dst
+        dst.docs += moved
+        dst.live += src.live
+        dst.documents += src.documents
+        dst.accounts.update(src.accounts)
+        dst.repeats |= src.repeats
+        dst.reported |= src.reported
+        dst.agree += src.agree
+        dst.pairs += src.pairs
+        dst.t_first = min(dst.t_first, src.t_first)
+        dst.t_last = max(dst.t_last, src.t_last)
+        dst.recent = sorted(dst.recent + src.recent)
+        dst.burst = Counter(a for _, _, a in dst.recent)
+        self._prune_recent(dst)
+        dst.peak = max(dst.peak, src.peak, len(dst.burst))
+        names = {s[1] for s in keep.samples}
+        extra = [s for s in other.samples if s[1] not in names]
+        dst.samples = (keep.samples + extra)[: self.params.max_samples]
+        dst.revision, dst.alert_ts = keep.revision, keep.alert_ts
+        dst.due = src.due = None  # re-queued by _changed; src is gone
+        src.live = 0
+        return dst
+
+    def _changed(self, c: _Cluster, now: float) -> list[Alert]:
+        """Open an alert at the document that qualifies the cluster; queue a later update."""
+        p, n = self.params, len(c.accounts)
+        if c.revision >= 0:
+            if c.due is None:
+                c.due = c.alert_ts + p.burst_span_s
+                self._pushes += 1
+                heapq.heappush(self._pending, (c.due, c.samples[0][0], self._pushes, c))
+            return []
+        if n < p.min_accounts:
+            return []
+        burst = len(c.burst)
+        wave = burst >= p.min_burst_accounts and burst >= p.min_burst_share * n
+        if not wave and len(c.repeats) < p.min_repeat_share * n:
+            return []
+        return [self._alert(c, now)]
+
+    def _due(self, limit: float, now: float) -> list[Alert]:
+        """Updates due by ``limit``, sent as of ``now``: clusters with update_growth more
+        accounts than their last alert."""
+        out: list[Alert] = []
+        heap = self._pending
+        while heap and heap[0][0] <= limit:
+            due, _, _, c = heapq.heappop(heap)
+            if c.due != due or not c.live:
+                continue  # stale: re-queued or merged away
+            c.due = None
+            if len(c.accounts) - len(c.reported) >= max(1.0, self.params.update_growth * len(c.reported)):
+                out.append(self._alert(c, now))
+        return out
+
+    def _alert(self, c: _Cluster, now: float) -> Alert:
+        p = self.params
+        c.revision += 1
+        c.reported = set(c.accounts)
+        c.alert_ts = now
+        ranked = sorted(c.accounts.items(), key=lambda kv: (-kv[1], kv[0]))
+        n = len(ranked)
+        mean_j = c.agree / (c.pairs * p.num_perm)
+        density, repeat_share = min(1.0, c.peak / n), len(c.repeats) / n
+        origin = c.samples[0]
+        return Alert(
+            type=self.NAME,
+            group_id=stable_id("nd-", origin[3], origin[1], origin[2]),
+            revision=c.revision,
+            score=n * mean_j * max(density, repeat_share),
+            window_start=c.t_first,
+            window_end=c.t_last,
+            accounts=tuple(a for a, _ in ranked[: p.max_alert_accounts]),
+            account_count=n,
+            keys=(f"text:{hash_string(normalize(origin[4])):016x}",),
+            evidence={
+                "sample_texts": [
+                    {"account": a, "ts": t, "event_id": eid, "text": text[:_TEXT_CHARS]}
+                    for _, a, t, eid, text in c.samples
+                ],
+                "mean_jaccard": round(mean_j, 4),
+                "documents": c.documents,
+                "live_documents": c.live,
+                "distinct_accounts": n,
+                "span_s": c.t_last - c.t_first,
+                "peak_burst_accounts": c.peak,
+                "burst_span_s": p.burst_span_s,
+                "repeat_accounts": len(c.repeats),
+                "as_of_ts": now,
+            },
+            detector_params=self._dump,
+        )
+
+    # -- expiry ----------------------------------------------------------------------
+    def _expire(self, cutoff: float, upto: int) -> None:
+        """Drop documents before ``upto`` with ts < cutoff, in insertion order (as the LSH)."""
+        h, base, ts, clu = self._head, self._base, self._ts, self._clu
+        while h < upto and ts[h - base] < cutoff:
+            c = clu[h - base]
+            h += 1
+            if c is not None:
+                self._head = h
+                self._leave(c, self._acc[h - 1 - base])
+        self._head = h
+        k = h - base
+        if k >= _TRIM and 2 * k >= len(ts):
+            for lst in (self._ts, self._acc, self._eid, self._text, self._clu):
+                del lst[:k]
+            self._base = h
+
+    def _leave(self, c: _Cluster, account: str) -> None:
+        c.live -= 1
+        if not _drop(c.accounts, account):
+            c.repeats.discard(account)
+            c.reported.discard(account)
+        if len(c.docs) > 2 * c.live + 16:
+            c.docs = [s for s in c.docs if s >= self._head]
+
+    def _forget(self) -> None:
+        """Drop accounts whose clustered posts no future post can be compared with."""
+        p = self.params
+        cutoff = self._newest - p.repeat_memory_s - p.allowed_lateness_s
+        q, seen = self._seen_queue, self._seen
+        while q and q[0][0] < cutoff:
+            last, account = q.popleft()
+            rec = seen.get(account)
+            if rec is not None and rec[1] == last:
+                del seen[account]
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def live_documents(self) -> int:
+        return self._next - self._head
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory: the LSH, the document store, clusters and the repeat memory."""
+        lo = self._head - self._base
+        store = sum(map(sys.getsizeof, (self._ts, self._acc, self._eid, self._text, self._clu)))
+        strings = sum(sys.getsizeof(s) for lst in (self._acc, self._eid, self._text) for s in lst[lo:])
+        clusters = {id(c): c for c in self._clu[lo:] if c is not None}.values()
+        per_cluster = sum(
+            sys.getsizeof(c.docs) + sys.getsizeof(c.accounts) + sys.getsizeof(c.recent) + 200 for c in clusters
+        )
+        seen = sys.getsizeof(self._seen) + 72 * len(self._seen) + 64 * len(self._seen_queue)
+        return self._lsh.nbytes + store + strings + per_cluster + seen
+
+    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        lo, hi = self._head - self._base, self._next - self._base
+        index: dict[int, int] = {}
+        clusters: list[_Cluster] = []
+        refs = np.full(hi - lo, -1, dtype=np.int64)
+        for k, c in enumerate(self._clu[lo:hi]):
+            if c is not None:
+                if id(c) not in index:
+                    index[id(c)] = len(clusters)
+                    clusters.append(c)
+                refs[k] = index[id(c)]
+        state = {
+            "head": self._head,
+            "newest": None if self._newest == -math.inf else self._newest,
+            "raiser": self._raiser,
+            "accounts": self._acc[lo:hi],
+            "event_ids": self._eid[lo:hi],
+            "texts": self._text[lo:hi],
+            "clusters": [
+                {
+                    "revision": c.revision,
+                    "documents": c.documents,
+                    "repeats": sorted(c.repeats),
+                    "reported": sorted(c.reported),
+                    "recent": c.recent,
+                    "peak": c.peak,
+                    "agree": c.agree,
+                    "pairs": c.pairs,
+                    "t_first": c.t_first,
+                    "t_last": c.t_last,
+                    "samples": c.samples,
+                    "alert_ts": None if c.revision < 0 else c.alert_ts,
+                    "due": c.due,
+                }
+                for c in clusters
+            ],
+            "seen": sorted([a, *rec] for a, rec in self._seen.items()),
+            "seen_queue": list(self._seen_queue),
+        }
+        ts = np.array(self._ts[lo:hi], dtype=np.float64)
+        return state, [np.frombuffer(self._lsh.to_bytes(), dtype=np.uint8), ts, refs]
+
+    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        lsh, ts, refs = arrays
+        self._lsh = WindowedLSH.from_bytes(lsh.tobytes())
+        clusters = [
+            _Cluster(
+                revision=d["revision"],
+                documents=d["documents"],
+                repeats=set(d["repeats"]),
+                reported=set(d["reported"]),
+                recent=[(t, s, a) for t, s, a in d["recent"]],
+                peak=d["peak"],
+                agree=d["agree"],
+                pairs=d["pairs"],
+                t_first=d["t_first"],
+                t_last=d["t_last"],
+                samples=[(s, a, t, e, x) for s, a, t, e, x in d["samples"]],
+                alert_ts=-math.inf if d["alert_ts"] is None else d["alert_ts"],
+                due=d["due"],
+            )
+            for d in state["clusters"]
+        ]
+        self._pending = [(c.due, c.samples[0][0], k, c) for k, c in enumerate(clusters) if c.due is not None]
+        heapq.heapify(self._pending)
+        self._pushes = len(clusters)
+        for c in clusters:
+            c.burst.update(a for _, _, a in c.recent)
+        self._base = self._head = state["head"]
+        self._next = self._head + ts.size
+        self._ts, self._acc = ts.tolist(), list(state["accounts"])
+        self._eid, self._text = list(state["event_ids"]), list(state["texts"])
+        self._clu = [None if r < 0 else clusters[r] for r in refs.tolist()]
+        for seq, (k, a) in enumerate(zip(self._clu, self._acc), start=self._head):
+            if k is not None:
+                k.docs.append(seq)
+                k.live += 1
+                k.accounts[a] += 1
+        self._newest = -math.inf if state["newest"] is None else state["newest"]
+        self._raiser = state["raiser"]
+        self._seen = {a: (first, last) for a, first, last in state["seen"]}
+        self._seen_queue = deque((last, a) for last, a in state["seen_queue"])
