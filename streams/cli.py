@@ -222,6 +222,15 @@ def bench_sketches(quick: bool) -> None:
     run_suite("sketches", quick=quick)
 
 
+@bench_group.command("replay")
+@click.option("--quick", is_flag=True, help="Smaller inputs (a smoke run, not for reporting).")
+def bench_replay(quick: bool) -> None:
+    """Whole replays (generator mix, russian x10, RSS at 1 M vs 4 M events) against same-run baselines."""
+    from streams.benchmarks.report import run_suite
+
+    run_suite("replay", quick=quick)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one clear line and a non-zero exit."""
     try:

@@ -26,6 +26,8 @@ class Row:
             return {}
         if self.figure == "ratio":
             return {self.key: self.ratio}
+        if not self.baseline_value:
+            return {self.key: self.value}
         return {self.key: self.value, f"{self.key}_vs_baseline": self.ratio}
 
     @property

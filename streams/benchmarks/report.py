@@ -18,6 +18,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "streams.benchmarks.lsh",
         "streams.benchmarks.parse",
     ),
+    "replay": ("streams.benchmarks.replay",),
 }
 
 
