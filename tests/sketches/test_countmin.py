@@ -3,26 +3,22 @@ determinism across processes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from contextlib import redirect_stdout
 from io import StringIO
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import outputs_under_two_hash_seeds
 from sketches.countmin import CountMinSketch, SlidingCountMin
 from sketches.errors import SketchParamError
 from sketches.errors import CoordwatchError, IncompatibleSketchError, SketchFormatError
 from sketches.hashing import hash_u64
 from sketches.protocol import Sketch
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def keys_of(ids: list[int] | np.ndarray) -> np.ndarray:
@@ -345,18 +341,7 @@ print(out.hexdigest())
 
 
 def test_same_input_gives_identical_bytes_in_separate_processes():
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _BUILD],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for seed in ("1", "2")
-    ]
-    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    outs = outputs_under_two_hash_seeds(_BUILD)
     buf = StringIO()
     with redirect_stdout(buf):
         exec(_BUILD, {})

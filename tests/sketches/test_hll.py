@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import datasketch
 import numpy as np
@@ -14,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import outputs_under_two_hash_seeds
 from sketches.errors import SketchParamError
 from sketches.errors import IncompatibleSketchError
 from sketches.hashing import hash_u64
 from sketches.hll import HyperLogLog
 from sketches.protocol import Sketch
 
-ROOT = Path(__file__).resolve().parents[2]
 LOW32 = np.uint64(0xFFFFFFFF)
 
 
@@ -112,18 +108,7 @@ def test_same_input_gives_identical_bytes_in_separate_processes():
         "h.update(hash_u64(np.random.default_rng(3).integers(0, 1 << 40, 30000)))\n"
         "print(hashlib.sha256(h.to_bytes()).hexdigest())\n"
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for seed in ("1", "2")
-    ]
-    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    outs = outputs_under_two_hash_seeds(code)
     h = HyperLogLog(10)
     h.update(hash_u64(np.random.default_rng(3).integers(0, 1 << 40, 30000)))
     assert outs[0] == outs[1] == hashlib.sha256(h.to_bytes()).hexdigest()

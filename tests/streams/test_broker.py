@@ -15,10 +15,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from detectors.base import Alert
+from tests.helpers import read_topic as read_records
 from streams.alerts_view import Filter, show
 from streams.broker import (
     BrokerError,
@@ -143,20 +144,7 @@ def test_broker_command_serves_until_sigterm(tmp_path):
 
 # -- produce ------------------------------------------------------------------------------
 def read_all(broker: EmbeddedBroker, topic: str) -> list[object]:
-    consumer = KafkaConsumer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[object] = []
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                out += records
-        return sorted(out, key=lambda r: (r.partition, r.offset))  # type: ignore[attr-defined]
-    finally:
-        consumer.close()
+    return read_records(broker.port, topic)
 
 
 def test_produce_sends_envelopes_in_file_order_to_one_partition(broker, tmp_path):

@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.events import Rejection, parse_message
 from detectors.synthetic import SyntheticStream
+from tests.helpers import read_topic as read_records
 from streams.broker import EmbeddedBroker
 from streams.produce import envelopes
 
@@ -179,20 +180,7 @@ class Worker:
 
 def read_topic(broker: EmbeddedBroker, topic: str) -> tuple[list[bytes], list[Any]]:
     """(values, records) of every message on ``topic``, in partition then offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records += batch
-    finally:
-        consumer.close()
-    records.sort(key=lambda r: (r.partition, r.offset))
+    records = read_records(broker.port, topic)
     return [r.value for r in records], records
 
 

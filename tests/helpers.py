@@ -1,0 +1,52 @@
+"""Helpers shared by several test files (imported as ``tests.helpers`` from the repo root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def outputs_under_two_hash_seeds(code: str) -> list[str]:
+    """stdout of ``python -c code`` in two processes with different PYTHONHASHSEED.
+
+    Equal outputs show a result does not follow Python's salted ``hash()``.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in ("1", "2")
+    ]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return outs
+
+
+def read_topic(port: int, topic: str) -> list[Any]:
+    """Every record on ``topic`` of the broker at 127.0.0.1:``port``, by partition then offset."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[f"127.0.0.1:{port}"], group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + 20
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records += batch
+    finally:
+        consumer.close()
+    return sorted(records, key=lambda r: (r.partition, r.offset))
