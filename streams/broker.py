@@ -65,14 +65,12 @@ def _password(kafka: KafkaParams) -> str | None:
     return kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
 
 
-def aiokafka_settings(kafka: KafkaParams) -> dict[str, Any]:
-    """Keyword arguments for aiokafka producers, consumers and admin clients."""
+def _client_settings(kafka: KafkaParams) -> dict[str, Any]:
+    """Servers, protocol and SASL: the same keyword names in aiokafka and kafka-python."""
     out: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers(kafka.broker),
         "security_protocol": kafka.security_protocol,
     }
-    if kafka.security_protocol.endswith("SSL"):
-        out["ssl_context"] = ssl_context(kafka)
     if kafka.sasl_mechanism:
         out |= {
             "sasl_mechanism": kafka.sasl_mechanism,
@@ -82,20 +80,19 @@ def aiokafka_settings(kafka: KafkaParams) -> dict[str, Any]:
     return out
 
 
+def aiokafka_settings(kafka: KafkaParams) -> dict[str, Any]:
+    """Keyword arguments for aiokafka producers, consumers and admin clients."""
+    out = _client_settings(kafka)
+    if kafka.security_protocol.endswith("SSL"):
+        out["ssl_context"] = ssl_context(kafka)
+    return out
+
+
 def kafka_python_settings(kafka: KafkaParams) -> dict[str, Any]:
     """Keyword arguments for kafka-python clients (file paths, not an SSL context)."""
-    out: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers(kafka.broker),
-        "security_protocol": kafka.security_protocol,
-    }
+    out = _client_settings(kafka)
     if kafka.security_protocol.endswith("SSL"):
         out |= {"ssl_cafile": kafka.ssl_cafile, "ssl_certfile": kafka.ssl_certfile, "ssl_keyfile": kafka.ssl_keyfile}
-    if kafka.sasl_mechanism:
-        out |= {
-            "sasl_mechanism": kafka.sasl_mechanism,
-            "sasl_plain_username": kafka.sasl_username,
-            "sasl_plain_password": _password(kafka),
-        }
     return out
 
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -40,13 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    b = EmbeddedBroker(0, log_file=tmp_path_factory.mktemp("broker") / "tansu.log").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def config_for(broker: EmbeddedBroker, *sets: str) -> Config:

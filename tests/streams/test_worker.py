@@ -38,13 +38,6 @@ pytestmark = pytest.mark.timeout(180)
 
 
 # -- fixtures ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    b = EmbeddedBroker(0, log_file=tmp_path_factory.mktemp("broker") / "tansu.log").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture(scope="module")
