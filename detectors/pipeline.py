@@ -114,6 +114,9 @@ class Pipeline:
         return self._link(found, max(e.ts for e in batch))
 
     def _link(self, alerts: list[Alert], watermark: float) -> list[Alert]:
+        if not alerts:
+            self.linker.expire(watermark)
+            return alerts
         order = {d.NAME: i for i, d in enumerate(self.detectors)}
         alerts.sort(key=lambda a: (order[a.type], a.group_id, a.revision))
         linked = [self.linker.link(a) for a in alerts]
