@@ -95,6 +95,7 @@ import math
 import statistics
 from collections import Counter, deque
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import networkx as nx
@@ -111,6 +112,7 @@ TOP = 10  # edges and objects listed in evidence and keys
 SAMPLE_POSTS = 5
 _LOW = (1 << 32) - 1
 Sample = tuple[float, str, str]  # (ts, event id, object) of one side of a co-action
+Buffered = tuple[float, int, "_Post", Sample]  # (ts, pid, post, its sample) of an action in an object's buffer
 
 
 class _Post:
@@ -125,6 +127,35 @@ class _Post:
         self.partners: dict[int, int] | None = None  # partner pid -> live pairs with this post
 
 
+class _Link:
+    """The live co-actions of two participants, one record for both directions: a pair
+    costs one lookup, and expiry reaches it from the pair queue without any."""
+
+    __slots__ = ("counted", "deltas", "dirty", "edge", "first", "key", "last", "n", "p_posts", "q_posts")
+
+    def __init__(self, key: int, first: float, last: float, deltas: list[float]) -> None:
+        self.key = key  # p << 32 | q, p < q
+        self.first, self.last = first, last  # watermarks of its first and latest pair
+        self.deltas = deltas  # |dt| of its latest DELTAS pairs
+        self.n = 0  # live share pairs
+        self.p_posts = self.q_posts = 0  # distinct_contents: posts of p co-shared by q, of q co-shared by p
+        self.counted = 0  # its weight in the graph as of the last evaluation (0 = fails participation)
+        self.edge: _Edge | None = None  # the account pair's graph edge while counted
+        self.dirty = False  # in _dirty_edges
+
+
+class _Edge:
+    """An edge of the account graph, one object for both directions: a weight change is one write."""
+
+    __slots__ = ("a", "b", "w")
+
+    def __init__(self, a: str, b: str) -> None:
+        self.a, self.b, self.w = a, b, 0
+
+
+_KEY = attrgetter("key")
+
+
 def _ukey(p: int, q: int) -> int:
     return p << 32 | q if p < q else q << 32 | p
 
@@ -137,6 +168,11 @@ def _grew(n: int, before: int, fraction: float) -> bool:
 def _table(rows: Any, width: int, dtype: type = np.int64) -> np.ndarray:
     """Rows of numbers as a 2-D array (also when empty)."""
     return np.array(list(rows), dtype=dtype).reshape(-1, width)
+
+
+def _flat(q: Sequence[Any], width: int) -> np.ndarray:
+    """A flat FIFO of numbers as a 2-D float array, one entry per row."""
+    return np.array(q, dtype=np.float64).reshape(-1, width)
 
 
 def _fin(x: float) -> float | None:
@@ -185,31 +221,38 @@ class CoActionDetector(Detector[CoActionParams]):
         self._pkey: list[Any] = []  # pid -> intern key, None when free
         self._pacc: list[str | None] = []  # pid -> account
         self._plast: list[float] = []  # pid -> watermark at its last action
-        self._touch_q: deque[tuple[float, int]] = deque()  # (watermark, pid) per action: finds idle ones
+        # FIFOs are flat deques, a fixed number of items per entry: no tuple per entry for the
+        # garbage collector to scan again and again
+        self._touch_q: deque[Any] = deque()  # watermark, pid per action: finds idle ones
         self._idle: list[int] = []  # participants whose last rows or pairs expired: free them if idle
         self._free: list[int] = []
         self._kinds: list[str] = []
         self._kind: dict[str, int] = {}
-        self._bufs: list[dict[str, list[tuple[float, int, _Post, str]]]] = []  # kind -> object -> actions
+        self._bufs: list[dict[str, list[Buffered]]] = []  # kind -> object -> actions
         self._fields = [(f, -1 if f == "object_id" else self._kind_of(f[:-1])) for f in params.object_fields]
         self._posts: dict[tuple[str, int], _Post] = {}  # posts that may still get rows
-        self._post_q: deque[tuple[float, _Post]] = deque()
+        self._post_q: deque[Any] = deque()  # watermark, post
         self._rows: dict[int, int] = {}  # pid -> object actions in memory
-        self._rows_q: deque[tuple[float, int]] = deque()
-        self._pairs_q: deque[tuple[float, _Post, _Post]] = deque()  # live share pairs, FIFO
-        self._adj: dict[int, dict[int, int]] = {}  # pid -> pid -> live share pairs
-        self._wd: dict[int, int] = {}  # p << 32 | q -> distinct posts of p co-shared by q
+        self._rows_q: deque[Any] = deque()  # watermark, pid per row
+        self._pairs_q: deque[Any] = deque()  # watermark, post, post, link per live share pair
+        self._links: dict[int, _Link] = {}  # ukey -> live link, in order of creation
+        self._adj: dict[int, dict[int, _Link]] = {}  # pid -> partner pid -> link
+        self._partners = self._distinct or params.min_participation > 1  # posts track their partners
         self._paired: dict[int, dict[_Post, None]] = {}  # pid -> its posts with partners
-        self._meta: dict[int, list[Any]] = {}  # ukey -> [first seen, last seen, recent |dt|]
         self._samples: dict[int, deque[Sample]] = {}  # pid -> its latest co-actions
-        self._counted: dict[int, int] = {}  # ukey -> weight in the graph (0 = fails participation)
-        self._graph: dict[str, dict[str, int]] = {}  # account -> account -> weight
-        self._hist: dict[int, int] = {}  # weight -> account pairs
+        self._counted: dict[int, _Link] = {}  # ukey -> link with a weight in the graph, in order of entry
+        self._graph: dict[str, dict[str, _Edge]] = {}  # account -> account -> edge
+        self._hist: dict[int, int] = {}  # weight -> account pairs (kept only for edge_weight_quantile)
         self._cut = params.min_weight  # graph edges weigh at least this
+        self._quantile = params.edge_weight_quantile is not None  # the cut follows the weights
         self._coord: set[int] = set()  # participants passing the co-action part of min_participation
-        self._dirty: set[int] = set()  # participants whose posts' partners or rows changed
-        self._flip: set[int] = set()  # participants crossing min_participation
-        self._dirty_edges: set[int] = set()
+        # participants whose posts gained (lost) partners or rows: only they may become (stop being) coordinated
+        self._grown: set[int] = set()
+        self._shrunk: set[int] = set()
+        # participants with pairs whose rows rose to (fell below) min_participation
+        self._rose: set[int] = set()
+        self._fell: set[int] = set()
+        self._dirty_edges: list[_Link] = []  # links whose weight may have changed
         self._parent: dict[str, str] = {}  # union-find over graph edges
         self._size: dict[str, int] = {}
         self._evald: dict[str, int] = {}  # root -> size when last examined
@@ -227,14 +270,12 @@ class CoActionDetector(Detector[CoActionParams]):
     def _process(self, events: Sequence[Event]) -> list[Alert]:
         alerts: list[Alert] = []
         p = self.params
-        step, window, keep, fanout = p.eval_interval_s, p.pair_window_s, self._keep_s, p.max_fanout
-        minp, per_type, one_actions = p.min_participation, self._per_type, self._one
-        pids, plast, posts, post_q, rows, rows_q, bufs, flip = (
-            self._pid, self._plast, self._posts, self._post_q, self._rows, self._rows_q, self._bufs, self._flip,
-        )
-        touch_q, kinds, types, adj = self._touch_q, self._kind, self._types, self._adj
-        oid_only = p.object_fields == ["object_id"]
+        step, minp, per_type, one_actions = p.eval_interval_s, p.min_participation, self._per_type, self._one
+        oid_only, types, kinds = p.object_fields == ["object_id"], self._types, self._kind
+        pids, plast, posts, rows, bufs, adj = self._pid, self._plast, self._posts, self._rows, self._bufs, self._adj
+        touch, post_q, rows_q = self._touch_q.append, self._post_q.append, self._rows_q.append
         wm, tick = self._wm, self._next_tick
+        pairs = 0
         for e in events:
             ts = e.ts
             if ts > wm:
@@ -267,56 +308,40 @@ class CoActionDetector(Detector[CoActionParams]):
                 pid = pids.get(pk)
                 if pid is None:
                     pid = self._intern(pk, acc, wm)
-                    touch_q.append((wm, pid))
+                    touch(wm)
+                    touch(pid)
                 elif plast[pid] != wm:
                     plast[pid] = wm
-                    touch_q.append((wm, pid))
+                    touch(wm)
+                    touch(pid)
                 ck = (cid, pid)
                 post = posts.get(ck)
                 if post is None:
                     post = posts[ck] = _Post(ck, pid)
-                    post_q.append((wm, post))
+                    post_q(wm)
+                    post_q(post)
                 elif one:
                     continue
                 post.rows += 1
                 if minp > 1:
                     if post.partners is not None:  # more co-action rows for the participant
-                        self._dirty.add(pid)
+                        self._grown.add(pid)
                     n = rows.get(pid, 0) + 1
                     rows[pid] = n
-                    rows_q.append((wm, pid))
+                    rows_q(wm)
+                    rows_q(pid)
                     if n == minp and pid in adj:  # without pairs its status matters to nobody yet
-                        flip.add(pid)
-                entry = (ts, pid, post, eid)
+                        self._rose.add(pid)
+                entry = (ts, pid, post, (ts, eid, value))
                 objmap = bufs[kind]
                 buf = objmap.get(value)
                 if buf is None:
                     objmap[value] = [entry]
-                    continue
-                if buf[0][0] < wm - keep:
-                    lo = wm - keep
-                    i = 1
-                    while i < len(buf) and buf[i][0] < lo:
-                        i += 1
-                    del buf[:i]
-                if fanout:  # one action per account, of the latest k accounts
-                    own = -1
-                    for j, (t2, p2, post2, e2) in enumerate(buf):
-                        if p2 == pid:
-                            own = j
-                        elif -window <= ts - t2 <= window:
-                            self._pair(post, post2, ts - t2, (ts, eid, value), (t2, e2, value), wm)
-                    if own >= 0:
-                        del buf[own]
-                    buf.append(entry)
-                    if len(buf) > fanout:
-                        del buf[0]
                 else:
-                    for t2, p2, post2, e2 in buf:
-                        if p2 != pid and -window <= ts - t2 <= window:
-                            self._pair(post, post2, ts - t2, (ts, eid, value), (t2, e2, value), wm)
-                    buf.append(entry)
+                    pairs += self._scan(buf, entry, wm)
         self._wm = wm
+        if pairs:
+            self.stats["pairs"] += pairs
         return alerts
 
     def _objects(self, e: Event) -> list[tuple[int, str]]:
@@ -324,9 +349,13 @@ class CoActionDetector(Detector[CoActionParams]):
         out: list[tuple[int, str]] = []
         for field, kind in self._fields:
             if kind < 0:  # object_id: its kind is the event's object_type
-                otype = e.extra.get("object_type")
-                if e.object_id is not None and (self._types is None or otype in self._types):
-                    out.append((self._kind_of(otype if type(otype) is str else "object"), e.object_id))
+                value = e.object_id
+                if value is not None:
+                    otype = e.extra.get("object_type")
+                    if self._types is None or otype in self._types:
+                        name = otype if type(otype) is str else "object"
+                        k = self._kind.get(name)
+                        out.append((self._kind_of(name) if k is None else k, value))
                 continue
             for value in getattr(e, field):
                 item = (kind, value)
@@ -355,91 +384,145 @@ class CoActionDetector(Detector[CoActionParams]):
         return pid
 
     # -- pairs -----------------------------------------------------------------------
-    def _pair(self, a: _Post, b: _Post, dt: float, sample_a: Sample, sample_b: Sample, now: float) -> None:
-        """Posts ``a`` (the new action) and ``b`` co-acted ``dt`` seconds apart; samples are (ts, event id, object)."""
-        pa, pb = a.pid, b.pid
-        self.stats["pairs"] += 1
-        self._pairs_q.append((now, a, b))
-        self._partner(a, pb)
-        self._partner(b, pa)
-        adj, samples = self._adj, self._samples
-        for p, q, sample in ((pa, pb, sample_a), (pb, pa, sample_b)):
-            mine = adj.get(p)
-            if mine is None:
-                adj[p] = {q: 1}
-                samples[p] = deque((sample,), maxlen=SAMPLES)
-            else:
-                mine[q] = mine.get(q, 0) + 1
-                samples[p].append(sample)
-        uk = pa << 32 | pb if pa < pb else pb << 32 | pa
-        meta = self._meta.get(uk)
-        if meta is None:
-            self._meta[uk] = [now, now, [abs(dt)]]
+    def _scan(self, buf: list[Buffered], entry: Buffered, now: float) -> int:
+        """Pair a new action with its object's buffer, then buffer it; the number of pairs."""
+        lo = now - self._keep_s
+        if buf[0][0] < lo:
+            i = 1
+            while i < len(buf) and buf[i][0] < lo:
+                i += 1
+            del buf[:i]
+        ts, pid, post, sample = entry
+        window, fanout = self.params.pair_window_s, self.params.max_fanout
+        if fanout:  # one action per account, of the latest k accounts
+            hits = []
+            own = -1
+            for j, x in enumerate(buf):
+                if x[1] == pid:
+                    own = j
+                elif -window <= ts - x[0] <= window:
+                    hits.append(x)
+            if own >= 0:
+                del buf[own]
+            buf.append(entry)
+            if len(buf) > fanout:
+                del buf[0]
         else:
-            meta[1] = now
-            deltas = meta[2]
-            deltas.append(abs(dt))
-            if len(deltas) > DELTAS:
-                del deltas[0]
-        self._dirty_edges.add(uk)
-        if self.params.min_participation > 1:
-            self._dirty.add(pa)
-            self._dirty.add(pb)
+            hits = [x for x in buf if x[1] != pid and -window <= ts - x[0] <= window]
+            buf.append(entry)
+        if hits:
+            self._pair(entry, hits, now)
+        return len(hits)
 
-    def _partner(self, post: _Post, other: int) -> None:
+    def _pair(self, new: Buffered, hits: list[Buffered], now: float) -> None:
+        """The ``new`` action co-acted with each of ``hits`` (buffered actions of other participants)."""
+        ts, pa, a, sample_a = new
+        links, samples, queue, dirty = self._links, self._samples, self._pairs_q.append, self._dirty_edges.append
+        partner = self._partner if self._partners else None
+        grown = self._grown if self.params.min_participation > 1 else None
+        for t2, pb, b, sample_b in hits:
+            uk = pa << 32 | pb if pa < pb else pb << 32 | pa
+            link = links.get(uk)
+            if link is None:
+                link = links[uk] = _Link(uk, now, now, [abs(ts - t2)])
+                self._adjoin(pa, pb, link, sample_a)
+                self._adjoin(pb, pa, link, sample_b)
+            else:
+                link.last = now
+                deltas = link.deltas
+                deltas.append(abs(ts - t2))
+                if len(deltas) > DELTAS:
+                    del deltas[0]
+                samples[pa].append(sample_a)
+                samples[pb].append(sample_b)
+            link.n += 1
+            queue(now)
+            queue(a)
+            queue(b)
+            queue(link)
+            if not link.dirty:
+                link.dirty = True
+                dirty(link)
+            if partner is not None:
+                partner(a, pb, link)
+                partner(b, pa, link)
+            if grown is not None:
+                grown.add(pb)
+        if grown is not None:
+            grown.add(pa)
+
+    def _adjoin(self, p: int, q: int, link: _Link, sample: Sample) -> None:
+        """``p``'s first live pair with ``q``."""
+        mine = self._adj.get(p)
+        if mine is None:
+            self._adj[p] = {q: link}
+            self._samples[p] = deque((sample,), maxlen=SAMPLES)
+        else:
+            mine[q] = link
+            self._samples[p].append(sample)
+
+    def _partner(self, post: _Post, other: int, link: _Link) -> None:
         """One more live pair of ``post`` with participant ``other``."""
         part = post.partners
         if part is None:
             post.partners = {other: 1}
-            self._paired.setdefault(post.pid, {})[post] = None
-            n = 0
-        else:
-            n = part.get(other, 0)
-            part[other] = n + 1
-        if not n and self._distinct:
-            k = post.pid << 32 | other
-            self._wd[k] = self._wd.get(k, 0) + 1
-
-    def _unpair(self, a: _Post, b: _Post) -> None:
-        pa, pb = a.pid, b.pid
-        for post, other in ((a, pb), (b, pa)):
-            part = post.partners
-            assert part is not None
-            n = part[other] - 1
-            if n:
-                part[other] = n
-                continue
-            del part[other]
-            if self._distinct:
-                k = post.pid << 32 | other
-                w = self._wd[k] - 1
-                if w:
-                    self._wd[k] = w
-                else:
-                    del self._wd[k]
-            if not part:
-                post.partners = None
-                mine = self._paired[post.pid]
-                del mine[post]
-                if not mine:
-                    del self._paired[post.pid]
-        for p, q in ((pa, pb), (pb, pa)):
-            adj = self._adj[p]
-            n = adj[q] - 1
-            if n:
-                adj[q] = n
+            mine = self._paired.get(post.pid)
+            if mine is None:
+                self._paired[post.pid] = {post: None}
             else:
-                del adj[q]
-                if not adj:
+                mine[post] = None
+        elif other in part:
+            part[other] += 1
+            return
+        else:
+            part[other] = 1
+        if self._distinct:
+            if post.pid < other:
+                link.p_posts += 1
+            else:
+                link.q_posts += 1
+
+    def _unpair(self, a: _Post, b: _Post, link: _Link) -> None:
+        """An expired pair of posts ``a`` and ``b``."""
+        pa, pb = a.pid, b.pid
+        if self._partners:
+            self._unpartner(a, pb, link)
+            self._unpartner(b, pa, link)
+            if self.params.min_participation > 1:
+                self._shrunk.add(pa)
+                self._shrunk.add(pb)
+        link.n -= 1
+        if not link.n:
+            del self._links[link.key]
+            for p, q in ((pa, pb), (pb, pa)):
+                mine = self._adj[p]
+                del mine[q]
+                if not mine:
                     del self._adj[p], self._samples[p]
                     self._idle.append(p)
-        uk = _ukey(pa, pb)
-        if pb not in self._adj.get(pa, ()):
-            del self._meta[uk]
-        self._dirty_edges.add(uk)
-        if self.params.min_participation > 1:
-            self._dirty.add(pa)
-            self._dirty.add(pb)
+        if not link.dirty:
+            link.dirty = True
+            self._dirty_edges.append(link)
+
+    def _unpartner(self, post: _Post, other: int, link: _Link) -> None:
+        part = post.partners
+        assert part is not None
+        n = part[other] - 1
+        if n:
+            part[other] = n
+            return
+        del part[other]
+        if self._distinct:
+            if post.pid < other:
+                link.p_posts -= 1
+            else:
+                link.q_posts -= 1
+        if not part:
+            post.partners = None
+            mine = self._paired[post.pid]
+            del mine[post]
+            if not mine:
+                del self._paired[post.pid]
 
     # -- evaluation ------------------------------------------------------------------
     def _advance(self, watermark: float) -> list[Alert]:
@@ -455,7 +538,7 @@ class CoActionDetector(Detector[CoActionParams]):
         """Expire, update the graph where it changed, examine grown components, sweep."""
         self._expire(t - self.params.memory_s)
         alerts: list[Alert] = []
-        if self._dirty_edges or self._dirty or self._flip:
+        if self._dirty_edges or self._grown or self._shrunk or self._rose or self._fell:
             ups = self._refresh()
             if self._reweighed:
                 self._reweighed = False
@@ -476,59 +559,76 @@ class CoActionDetector(Detector[CoActionParams]):
     def _expire(self, cutoff: float) -> None:
         rows, minp = self._rows, self.params.min_participation
         q = self._rows_q
-        while q and q[0][0] < cutoff:
-            pid = q.popleft()[1]
+        while q and q[0] < cutoff:
+            q.popleft()
+            pid = q.popleft()
             n = rows[pid] - 1
             if n == minp - 1 and pid in self._adj:
-                self._flip.add(pid)
+                self._fell.add(pid)
             if n:
                 rows[pid] = n
             else:
                 del rows[pid]
                 self._idle.append(pid)
         pq = self._pairs_q
-        while pq and pq[0][0] < cutoff:
-            _, a, b = pq.popleft()
-            self._unpair(a, b)
+        pop = pq.popleft
+        while pq and pq[0] < cutoff:
+            pop()
+            self._unpair(pop(), pop(), pop())
 
     def _refresh(self) -> list[tuple[str, str]]:
         """Recompute changed edges' graph weights; return account pairs that reached the cut."""
-        edges, adj = self._dirty_edges, self._adj
         minp = self.params.min_participation
         if minp > 1:
-            coord = self._coord
-            check = set(self._dirty)
-            for p in self._flip:  # p's pairs (dis)qualify, and so may its partners' co-actions
-                for q in adj.get(p, ()):
-                    edges.add(_ukey(p, q))
-                    check.add(q)
-            for p in check:
-                now = self._coordinated(p)
-                if now != (p in coord):
-                    (coord.add if now else coord.discard)(p)
-                    edges.update(_ukey(p, q) for q in adj.get(p, ()))
-        rows, coord, wd = self._rows, self._coord, self._wd
+            self._requalify()
+        rows, coord, counted, distinct, bump = self._rows, self._coord, self._counted, self._distinct, self._bump
         ups: list[tuple[str, str]] = []
-        for uk in sorted(edges):
-            p, q = uk >> 32, uk & _LOW
-            if self._distinct:
-                w = max(wd.get(uk, 0), wd.get(q << 32 | p, 0))
-            else:
-                w = adj[p].get(q, 0) if p in adj else 0
-            if w and minp > 1 and not (
-                rows.get(p, 0) >= minp and rows.get(q, 0) >= minp and (p in coord or q in coord)
-            ):
-                w = 0
-            old = self._counted.get(uk, 0)
+        dirty = self._dirty_edges
+        dirty.sort(key=_KEY)
+        for link in dirty:
+            link.dirty = False
+            w = (link.p_posts if link.p_posts > link.q_posts else link.q_posts) if distinct else link.n
+            if w and minp > 1:
+                p, q = link.key >> 32, link.key & _LOW
+                if not (rows.get(p, 0) >= minp and rows.get(q, 0) >= minp and (p in coord or q in coord)):
+                    w = 0
+            old = link.counted
             if w != old:
-                if w:
-                    self._counted[uk] = w
-                else:
-                    del self._counted[uk]
-                self._bump(self._pacc[p], self._pacc[q], w - old, ups)  # type: ignore[arg-type]
-        for pending in (self._dirty_edges, self._dirty, self._flip):
-            pending.clear()  # in place: _process holds a reference to _flip
+                link.counted = w
+                if not old:
+                    counted[link.key] = link
+                elif not w:
+                    del counted[link.key]
+                bump(link, w - old, ups)
+        for pending in (dirty, self._grown, self._shrunk, self._rose, self._fell):
+            pending.clear()  # in place: _process holds references
         return ups
+
+    def _requalify(self) -> None:
+        """Update who passes the co-action part of min_participation; mark the edges of those who changed.
+
+        :meth:`_coordinated` only grows with more partners, rows and partners' rows, so only
+        checks that can flip are made: a participant that only gained (lost) is checked if
+        it fails (passes). A participant crossing min_participation changes its edges."""
+        dirty, adj, coord, rose, fell = self._dirty_edges, self._adj, self._coord, self._rose, self._fell
+        check = {p for p in self._grown if p not in coord}
+        check.update(p for p in self._shrunk if p in coord)
+        for p in rose | fell:
+            gain, loss = p in rose, p in fell
+            for q, link in adj.get(p, {}).items():
+                if not link.dirty:
+                    link.dirty = True
+                    dirty.append(link)
+                if loss if q in coord else gain:
+                    check.add(q)
+        for p in check:
+            now = self._coordinated(p)
+            if now != (p in coord):
+                (coord.add if now else coord.discard)(p)
+                for link in adj.get(p, {}).values():
+                    if not link.dirty:
+                        link.dirty = True
+                        dirty.append(link)
 
     def _coordinated(self, p: int) -> bool:
         """CooRTweet's participation rule: has p min_participation rows in posts paired with
@@ -536,19 +636,59 @@ class CoActionDetector(Detector[CoActionParams]):
         rows, minp = self._rows, self.params.min_participation
         n = 0
         for post in self._paired.get(p, ()):
-            if any(rows.get(x, 0) >= minp for x in post.partners):  # type: ignore[union-attr]
-                n += post.rows
-                if n >= minp:
-                    return True
+            for x in post.partners:  # type: ignore[union-attr]
+                if rows.get(x, 0) >= minp:
+                    n += post.rows
+                    if n >= minp:
+                        return True
+                    break
         return False
 
-    def _bump(self, a: str, b: str, delta: int, ups: list[tuple[str, str]]) -> None:
-        """Change the account-level weight of (a, b) by ``delta``."""
-        if a > b:
+    def _bump(self, link: _Link, delta: int, ups: list[tuple[str, str]]) -> None:
+        """Change the account-level weight of ``link``'s accounts by ``delta`` (``link.counted`` is already new)."""
+        edge = link.edge
+        if edge is None:
+            edge = link.edge = self._edge(link.key)
+        old = edge.w
+        new = edge.w = old + delta
+        if not link.counted:
+            link.edge = None
+        if self._quantile:
+            self._reweigh(old, new)
+        if not new:
+            self._drop(edge)
+        if old < self._cut <= new:
+            ups.append((edge.a, edge.b))
+        elif new < self._cut <= old:
+            self._stale = True
+
+    def _edge(self, uk: int) -> _Edge:
+        """The graph edge of the accounts of participants ``uk``, added (weight 0) if missing."""
+        a, b = self._pacc[uk >> 32], self._pacc[uk & _LOW]
+        if a > b:  # type: ignore[operator]
             a, b = b, a
-        ga = self._graph.get(a)
-        old = ga.get(b, 0) if ga else 0
-        new = old + delta
+        graph = self._graph
+        ga = graph.get(a)  # type: ignore[arg-type]
+        edge = ga.get(b) if ga else None  # type: ignore[arg-type]
+        if edge is None:
+            edge = _Edge(a, b)  # type: ignore[arg-type]
+            for x, y in ((a, b), (b, a)):
+                gx = graph.get(x)  # type: ignore[arg-type]
+                if gx is None:
+                    graph[x] = {y: edge}  # type: ignore[index, dict-item]
+                else:
+                    gx[y] = edge  # type: ignore[index]
+        return edge
+
+    def _drop(self, edge: _Edge) -> None:
+        for x, y in ((edge.a, edge.b), (edge.b, edge.a)):
+            gx = self._graph[x]
+            del gx[y]
+            if not gx:
+                del self._graph[x]
+
+    def _reweigh(self, old: int, new: int) -> None:
+        """One account pair moves from weight ``old`` to ``new`` in the histogram the quantile reads."""
         hist = self._hist
         self._reweighed = True
         if old:
@@ -557,18 +697,6 @@ class CoActionDetector(Detector[CoActionParams]):
                 del hist[old]
         if new:
             hist[new] = hist.get(new, 0) + 1
-            self._graph.setdefault(a, {})[b] = new
-            self._graph.setdefault(b, {})[a] = new
-        else:
-            for x, y in ((a, b), (b, a)):
-                gx = self._graph[x]
-                del gx[y]
-                if not gx:
-                    del self._graph[x]
-        if old < self._cut <= new:
-            ups.append((a, b))
-        elif new < self._cut <= old:
-            self._stale = True
 
     def _current_cut(self) -> int:
         q = self.params.edge_weight_quantile
@@ -607,8 +735,8 @@ class CoActionDetector(Detector[CoActionParams]):
         self._parent, self._size, self._evald = {}, {}, {}
         cut = self._cut
         for a, nb in self._graph.items():
-            for b, w in nb.items():
-                if a < b and w >= cut:
+            for b, edge in nb.items():
+                if a < b and edge.w >= cut:
                     self._union(a, b)
         self._seen = {a: n for a, n in self._seen.items() if a in self._parent}
         for a, n in self._seen.items():
@@ -646,8 +774,8 @@ class CoActionDetector(Detector[CoActionParams]):
         todo = [root]
         while todo:
             a = todo.pop()
-            for b, w in graph.get(a, {}).items():
-                if w >= cut and b not in seen:
+            for b, edge in graph.get(a, {}).items():
+                if edge.w >= cut and b not in seen:
                     seen.add(b)
                     todo.append(b)
         return sorted(seen)
@@ -657,7 +785,7 @@ class CoActionDetector(Detector[CoActionParams]):
         inside = set(members)
         cut = self._cut
         edges = [
-            (w, a, b) for a in members for b, w in self._graph.get(a, {}).items() if a < b and w >= cut and b in inside
+            (e.w, a, b) for a in members for b, e in self._graph.get(a, {}).items() if a < b and e.w >= cut and b in inside
         ]
         edges.sort(key=lambda x: (-x[0], x[1], x[2]))
         return edges
@@ -707,10 +835,10 @@ class CoActionDetector(Detector[CoActionParams]):
         first, last, deltas = math.inf, -math.inf, []
         for pa in self._pids(a):
             for pb in self._pids(b):
-                m = self._meta.get(_ukey(pa, pb))
-                if m is not None:
-                    first, last = min(first, m[0]), max(last, m[1])
-                    deltas += m[2]
+                link = self._links.get(_ukey(pa, pb))
+                if link is not None:
+                    first, last = min(first, link.first), max(last, link.last)
+                    deltas += link.deltas
         return first, last, deltas
 
     def _window(self, edges: list[tuple[int, str, str]], t: float) -> tuple[float, float]:
@@ -764,19 +892,23 @@ class CoActionDetector(Detector[CoActionParams]):
         self._swept = t
         lo = t - self._keep_s
         for objmap in self._bufs:
-            for value, buf in list(objmap.items()):
+            gone = []
+            for value, buf in objmap.items():
                 if buf[0][0] < lo:
                     buf[:] = [x for x in buf if x[0] >= lo]
                     if not buf:
-                        del objmap[value]
+                        gone.append(value)
+            for value in gone:
+                del objmap[value]
         q = self._post_q
-        while q and q[0][0] < lo:
-            post = q.popleft()[1]
+        while q and q[0] < lo:
+            q.popleft()
+            post = q.popleft()
             if self._posts.get(post.key) is post:
                 del self._posts[post.key]
         touch, idle, plast = self._touch_q, self._idle, self._plast
-        while touch and touch[0][0] < lo:
-            w, pid = touch.popleft()
+        while touch and touch[0] < lo:
+            w, pid = touch.popleft(), touch.popleft()
             if plast[pid] == w:  # its last action
                 idle.append(pid)
         for pid in idle:  # free it unless it acted again or still has rows or pairs (they re-add it when gone)
@@ -803,7 +935,7 @@ class CoActionDetector(Detector[CoActionParams]):
         ``thresholded`` only the alert graph's edges (``>= min_weight``, above the quantile).
         """
         lo = self._cut if thresholded else 1
-        return {(a, b): w for a, nb in self._graph.items() for b, w in nb.items() if a < b and w >= lo}
+        return {(a, b): e.w for a, nb in self._graph.items() for b, e in nb.items() if a < b and e.w >= lo}
 
     @property
     def edge_cut(self) -> int:
@@ -822,10 +954,12 @@ class CoActionDetector(Detector[CoActionParams]):
                 table.append(post)
             return i
 
-        post_q = [(w, ix(p)) for w, p in self._post_q]
+        it = iter(self._post_q)
+        post_q = [x for w, p in zip(it, it) for x in (w, ix(p))]
         posts = [ix(p) for p in self._posts.values()]
-        bufs = [[[v, [[t, pid, ix(p), e] for t, pid, p, e in buf]] for v, buf in m.items()] for m in self._bufs]
-        pairs = [(w, ix(a), ix(b)) for w, a, b in self._pairs_q]
+        bufs = [[[v, [[t, pid, ix(p), s[1]] for t, pid, p, s in buf]] for v, buf in m.items()] for m in self._bufs]
+        it = iter(self._pairs_q)
+        pairs = [(w, ix(a), ix(b)) for w, a, b, _ in zip(it, it, it, it)]
         state = {
             "wm": _fin(self._wm),
             "next_tick": _fin(self._next_tick),
@@ -842,9 +976,9 @@ class CoActionDetector(Detector[CoActionParams]):
             "bufs": bufs,
             "samples": [[p, list(s)] for p, s in self._samples.items()],
             "coord": sorted(self._coord),
-            "dirty": sorted(self._dirty),
-            "flip": sorted(self._flip),
-            "dirty_edges": sorted(self._dirty_edges),
+            "dirty": sorted(self._grown | self._shrunk),
+            "flip": sorted(self._rose | self._fell),
+            "dirty_edges": sorted(link.key for link in self._dirty_edges),
             "parent": list(self._parent.items()),
             "size": list(self._size.items()),
             "evald": list(self._evald.items()),
@@ -852,20 +986,20 @@ class CoActionDetector(Detector[CoActionParams]):
             "groups": [[g, *rec] for g, rec in self._groups.items()],
             "member": list(self._member.items()),
         }
-        meta = self._meta.values()
+        links = self._links.values()
         arrays = [
             np.array(self._plast, dtype=np.float64),
-            _table(post_q, 2, np.float64),
-            _table(self._rows_q, 2, np.float64),
-            _table(self._touch_q, 2, np.float64),
+            _flat(post_q, 2),
+            _flat(self._rows_q, 2),
+            _flat(self._touch_q, 2),
             _table(pairs, 3, np.float64),
             _table([(p.pid, p.rows) for p in table], 2),
             _table(self._rows.items(), 2),
-            _table(self._counted.items(), 2),
-            np.array(list(self._meta), dtype=np.int64),
-            _table([(m[0], m[1]) for m in meta], 2, np.float64),
-            np.array([len(m[2]) for m in meta], dtype=np.int64),
-            np.array([d for m in meta for d in m[2]], dtype=np.float64),
+            _table(((uk, link.counted) for uk, link in self._counted.items()), 2),
+            np.array(list(self._links), dtype=np.int64),
+            _table([(link.first, link.last) for link in links], 2, np.float64),
+            np.array([len(link.deltas) for link in links], dtype=np.int64),
+            np.array([d for link in links for d in link.deltas], dtype=np.float64),
         ]
         return state, arrays
 
@@ -883,28 +1017,42 @@ class CoActionDetector(Detector[CoActionParams]):
         self._pacc, self._plast, self._free = state["pacc"], plast, state["free"]
         self._pid = {k: pid for pid, k in enumerate(self._pkey) if k is not None}
         table = [_Post((cid, pid), pid, n) for cid, (pid, n) in zip(state["post_ids"], table_a)]
-        self._post_q = deque((w, table[int(i)]) for w, i in post_q)
+        self._post_q = deque(x for w, i in post_q for x in (w, table[int(i)]))
         self._posts = {table[i].key: table[i] for i in state["posts"]}
-        self._bufs = [{v: [(t, pid, table[i], e) for t, pid, i, e in buf] for v, buf in m} for m in state["bufs"]]
-        self._rows_q = deque((w, int(p)) for w, p in rows_q)
-        self._touch_q = deque((w, int(p)) for w, p in touch_q)
-        self._pairs_q = deque((w, table[int(a)], table[int(b)]) for w, a, b in pairs)
-        for _, a, b in self._pairs_q:  # partners, per-participant pairs, distinct-post weights
-            self._partner(a, b.pid)
-            self._partner(b, a.pid)
-            for p, q in ((a.pid, b.pid), (b.pid, a.pid)):
-                mine = self._adj.setdefault(p, {})
-                mine[q] = mine.get(q, 0) + 1
-        self._rows, self._counted = dict(rows), dict(counted)
-        ups: list[tuple[str, str]] = []  # the account graph and its histogram, from the counted weights
-        for uk, w in self._counted.items():
-            self._bump(self._pacc[uk >> 32], self._pacc[uk & _LOW], w, ups)  # type: ignore[arg-type]
-        self._reweighed = False
+        self._bufs = [
+            {v: [(t, pid, table[i], (t, e, v)) for t, pid, i, e in buf] for v, buf in m} for m in state["bufs"]
+        ]
+        self._rows_q = deque(x for w, p in rows_q for x in (w, int(p)))
+        self._touch_q = deque(x for w, p in touch_q for x in (w, int(p)))
         ends = np.cumsum(mlen).tolist()
-        self._meta = {k: [first, last, deltas[e - n : e]] for k, (first, last), n, e in zip(mkeys, mspan, mlen, ends)}
+        self._links = {
+            k: _Link(k, first, last, deltas[e - n : e]) for k, (first, last), n, e in zip(mkeys, mspan, mlen, ends)
+        }
+        self._pairs_q = deque()
+        for w, i, j in pairs:  # live pairs: link counts, adjacency, partners
+            a, b = table[int(i)], table[int(j)]
+            link = self._links[_ukey(a.pid, b.pid)]
+            link.n += 1
+            self._pairs_q.extend((w, a, b, link))
+            self._adj.setdefault(a.pid, {})[b.pid] = link
+            self._adj.setdefault(b.pid, {})[a.pid] = link
+            if self._partners:
+                self._partner(a, b.pid, link)
+                self._partner(b, a.pid, link)
+        self._rows = dict(rows)
+        ups: list[tuple[str, str]] = []  # the account graph and its histogram, from the counted weights
+        for uk, w in counted:
+            link = self._counted[uk] = self._links[uk]
+            link.counted = w
+            self._bump(link, w, ups)
+        self._reweighed = False
         self._samples = {p: deque(map(tuple, s), maxlen=SAMPLES) for p, s in state["samples"]}  # type: ignore[misc]
-        self._coord, self._dirty = set(state["coord"]), set(state["dirty"])
-        self._flip, self._dirty_edges = set(state["flip"]), set(state["dirty_edges"])
+        self._coord = set(state["coord"])
+        self._grown, self._shrunk = set(state["dirty"]), set(state["dirty"])  # gained or lost: check them all
+        self._rose, self._fell = set(state["flip"]), set(state["flip"])
+        self._dirty_edges = [self._links.get(uk) or _Link(uk, 0.0, 0.0, []) for uk in state["dirty_edges"]]
+        for link in self._dirty_edges:
+            link.dirty = True
         self._parent, self._size = dict(state["parent"]), dict(state["size"])
         self._evald, self._seen = dict(state["evald"]), dict(state["seen"])
         self._groups = {g: rec for g, *rec in state["groups"]}
