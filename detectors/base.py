@@ -11,7 +11,13 @@ agents (a partition of a topic):
 
 Time is event time only. The base class keeps the watermark (the newest event time
 seen) and drops events older than ``watermark - allowed_lateness_s``, counting them in
-``stats["late_dropped"]``; subclasses see only events they must handle.
+``stats["late_dropped"]``; subclasses see only events they must handle, and
+``self.marks[i]`` is the watermark as of the i-th of them.
+
+Every alert carries ``at``: the watermark when it was decided (``self.marks[i]`` of the
+event that decided it, or the watermark given to ``advance``). It is a function of the
+event sequence, never decreases along a detector's output, and lets the pipeline put the
+alerts of all detectors into one order however the input was batched.
 
 Determinism rule for every detector: alerts are a function of the event *sequence* and
 the params, never of how it was cut into batches (replay uses large batches, a worker
@@ -70,6 +76,7 @@ class Alert:
     keys: tuple[str, ...]
     evidence: dict[str, Any]
     detector_params: dict[str, Any]
+    at: float  # the watermark when it was decided (not serialised: ordering only)
     related: tuple[dict[str, Any], ...] = ()
 
     @property
@@ -116,6 +123,7 @@ class Detector(ABC, Generic[P]):
         self.params = params
         self.watermark = -math.inf
         self.stats: Counter[str] = Counter()
+        self.marks = np.empty(0)  # the watermark as of each event of the batch in _process
 
     # -- driving ---------------------------------------------------------------------
     def process(self, events: Sequence[Event]) -> list[Alert]:
@@ -127,18 +135,21 @@ class Detector(ABC, Generic[P]):
         if not events:
             return []
         late = self.params.allowed_lateness_s  # type: ignore[attr-defined]
-        mark = self.watermark
-        kept: list[Event] = []
-        for e in events:  # a plain loop: most batches are a tick's few events, numpy costs more
-            if e.ts >= mark - late:
-                kept.append(e)
-            if e.ts > mark:
-                mark = e.ts
-        if len(kept) < len(events):
+        ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        marks = np.maximum.accumulate(np.maximum(ts, self.watermark))
+        before = np.concatenate(([self.watermark], marks[:-1]))
+        keep = ts >= before - late
+        newest = float(marks[-1])
+        kept: Sequence[Event] = events
+        if not keep.all():
+            idx = np.flatnonzero(keep)
+            kept = [events[i] for i in idx.tolist()]
+            marks = marks[idx]
             self.stats["late_dropped"] += len(events) - len(kept)
         self.stats["events"] += len(kept)
+        self.marks = marks
         alerts = self._process(kept) if kept else []
-        self.watermark = mark
+        self.watermark = newest
         return alerts
 
     def advance(self, watermark: float) -> list[Alert]:

@@ -153,6 +153,7 @@ class BurstDetector(Detector[BurstParams]):
         pane_s, min_count, min_accounts, max_samples = p.pane_s, p.min_count, p.min_accounts, p.max_samples
         pane, state = self._pane, self._keys
         alerts: list[Alert] = []
+        marks = self.marks
         last, late, q, a, e = -1, False, 0, "", events[0]
         for i, k in self._occurrences(events):
             if i != last:
@@ -177,7 +178,7 @@ class BurstDetector(Detector[BurstParams]):
                 if st.test is None:
                     st.test = self._test(k)
                 if st.count >= st.test[2]:
-                    alerts.append(self._alert(k, st, e.ts))
+                    alerts.append(self._alert(k, st, e.ts, float(marks[i])))
         return alerts
 
     def _advance(self, watermark: float) -> list[Alert]:
@@ -226,7 +227,7 @@ class BurstDetector(Detector[BurstParams]):
         lam = max(sum(base) / k, p.prior_rate_per_pane)
         return lam, base, critical_count(lam, p.max_p_value, p.min_count)
 
-    def _alert(self, key: str, st: _Key, ts: float) -> Alert:
+    def _alert(self, key: str, st: _Key, ts: float, at: float) -> Alert:
         p = self.params
         pane = self._pane
         assert st.test is not None and pane is not None
@@ -268,6 +269,7 @@ class BurstDetector(Detector[BurstParams]):
                 "detected_at": ts,
             },
             detector_params=p.model_dump(mode="json"),
+            at=at,
         )
 
     def _roll(self, pane: int) -> None:

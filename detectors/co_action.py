@@ -281,7 +281,7 @@ class CoActionDetector(Detector[CoActionParams]):
             if ts > wm:
                 if ts >= tick:  # the watermark crosses a tick: evaluate before this event
                     t = math.floor(ts / step) * step
-                    alerts += self._evaluate(t)
+                    alerts += self._evaluate(t, ts)
                     tick = self._next_tick = t + step
                 wm = ts
             if oid_only:  # the common case, inlined
@@ -527,15 +527,15 @@ class CoActionDetector(Detector[CoActionParams]):
     # -- evaluation ------------------------------------------------------------------
     def _advance(self, watermark: float) -> list[Alert]:
         if watermark == math.inf:  # end of the stream: evaluate as of the last event
-            return self._evaluate(self._wm) if self._wm > -math.inf else []
+            return self._evaluate(self._wm, watermark) if self._wm > -math.inf else []
         if watermark < self._next_tick:
             return []
         t = math.floor(watermark / self.params.eval_interval_s) * self.params.eval_interval_s
         self._next_tick = t + self.params.eval_interval_s
-        return self._evaluate(t)
+        return self._evaluate(t, watermark)
 
-    def _evaluate(self, t: float) -> list[Alert]:
-        """Expire, update the graph where it changed, examine grown components, sweep."""
+    def _evaluate(self, t: float, at: float) -> list[Alert]:
+        """Expire, update the graph where it changed, examine grown components, sweep (decided at watermark ``at``)."""
         self._expire(t - self.params.memory_s)
         alerts: list[Alert] = []
         if self._dirty_edges or self._grown or self._shrunk or self._rose or self._fell:
@@ -551,7 +551,7 @@ class CoActionDetector(Detector[CoActionParams]):
                 for a, b in ups:
                     self._union(a, b)
                 roots = {self._find(a) for a, _ in ups}
-            alerts = self._examine(roots, t)
+            alerts = self._examine(roots, t, at)
         if t - self._swept >= 4 * self._keep_s:
             self._sweep(t)
         return alerts
@@ -745,7 +745,7 @@ class CoActionDetector(Detector[CoActionParams]):
                 self._evald[r] = n
         return {a for a, r in self._parent.items() if a == r}
 
-    def _examine(self, roots: set[str], t: float) -> list[Alert]:
+    def _examine(self, roots: set[str], t: float, at: float) -> list[Alert]:
         """Alerts of the components (or their communities) that are new or grew enough."""
         p = self.params
         comps: list[list[str]] = []
@@ -763,7 +763,7 @@ class CoActionDetector(Detector[CoActionParams]):
             parts = [members] if len(members) <= p.split_above_accounts else self._communities(members)
             for part in sorted(parts, key=lambda x: (-len(x), x[0])):
                 if len(part) >= p.min_group_size:
-                    alert = self._match(part, t, claimed)
+                    alert = self._match(part, t, claimed, at)
                     if alert is not None:
                         alerts.append(alert)
         return alerts
@@ -797,7 +797,7 @@ class CoActionDetector(Detector[CoActionParams]):
         found = nx.community.louvain_communities(g, weight="weight", seed=LOUVAIN_SEED)
         return [sorted(c) for c in found]
 
-    def _match(self, part: list[str], t: float, claimed: set[str]) -> Alert | None:
+    def _match(self, part: list[str], t: float, claimed: set[str], at: float) -> Alert | None:
         """Tie ``part`` to the known group most of it belongs to, or open a new one."""
         edges = self._edges(part)
         if not edges:  # a community without inner edges
@@ -825,7 +825,7 @@ class CoActionDetector(Detector[CoActionParams]):
         for m in part:
             self._member[m] = gid
         claimed.add(gid)
-        return self._alert(gid, rec[0], part, edges, t) if grown else None
+        return self._alert(gid, rec[0], part, edges, t, at) if grown else None
 
     def _pids(self, acc: str) -> list[int]:
         keys: list[Any] = [(acc, k) for k in range(len(self._kinds))] if self._per_type else [acc]
@@ -846,7 +846,9 @@ class CoActionDetector(Detector[CoActionParams]):
         start = max(min(s for s, _ in spans), t - self.params.memory_s)
         return start, max(e for _, e in spans)
 
-    def _alert(self, gid: str, revision: int, part: list[str], edges: list[tuple[int, str, str]], t: float) -> Alert:
+    def _alert(
+        self, gid: str, revision: int, part: list[str], edges: list[tuple[int, str, str]], t: float, at: float
+    ) -> Alert:
         degree: Counter[str] = Counter()
         for w, a, b in edges:
             degree[a] += w
@@ -885,6 +887,7 @@ class CoActionDetector(Detector[CoActionParams]):
                 "min_edge_weight": self._cut,
             },
             detector_params=self._params_json,
+            at=at,
         )
 
     def _sweep(self, t: float) -> None:

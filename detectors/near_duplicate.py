@@ -161,9 +161,10 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
     # -- processing ------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
         p, actions = self.params, self._actions
-        docs = [e for e in events if e.text is not None and e.action in actions]
-        if not docs:
+        where = [i for i, e in enumerate(events) if e.text is not None and e.action in actions]
+        if not where:
             return []
+        docs = [events[i] for i in where]
         sh = shingle_batch([e.text for e in docs], p.shingle_kind, p.shingle_n)  # type: ignore[misc]
         keep = sh.token_counts >= p.min_tokens
         hashes, offsets = sh.hashes, sh.offsets
@@ -173,6 +174,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
             hashes = hashes[np.repeat(keep, sizes)]
             offsets = np.concatenate(([0], np.cumsum(sizes[keep])))
             docs = [e for e, k in zip(docs, keep.tolist()) if k]
+            where = [i for i, k in zip(where, keep.tolist()) if k]
             if not docs:
                 return []
         m, first = len(docs), self._next
@@ -194,6 +196,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         clock = np.maximum.accumulate(np.concatenate(([self._newest], ts)))
         raiser = np.maximum.accumulate(np.where(ts > clock[:-1], seqs, self._raiser))
         now = clock[1:]
+        at = self.marks[where]  # the watermark as of each document (alerts decided there carry it)
 
         def expire_to(k: int) -> None:
             self._expire(float(now[k]) - p.window_s, int(raiser[k]))
@@ -209,7 +212,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
                     if k > cur:
                         expire_to(k)
                         cur = k
-                    alerts += self._due(float(now[k]), float(now[k]))
+                    alerts += self._due(float(now[k]), float(now[k]), float(at[k]))
                     continue
             if mi == len(matches):
                 break
@@ -218,7 +221,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
             expire_to(i)
             cluster = self._match(first + i, cands.tolist(), est.tolist())
             if cluster is not None:
-                alerts += self._changed(cluster, float(now[i]))
+                alerts += self._changed(cluster, float(now[i]), float(at[i]))
         self._newest, self._raiser = float(clock[-1]), int(raiser[-1])
         self._expire(self._newest - p.window_s, self._raiser)
         self._forget()
@@ -227,7 +230,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
     def _advance(self, watermark: float) -> list[Alert]:
         """Only the end of the stream sends pending updates: other watermarks depend on the
         driver, documents do not (a live stream reaches a due update with its next post)."""
-        return self._due(math.inf, self._newest) if watermark == math.inf else []
+        return self._due(math.inf, self._newest, watermark) if watermark == math.inf else []
 
     def _match(self, seq: int, cands: list[int], est: list[float]) -> _Cluster | None:
         """Join document ``seq`` with its near-duplicates from other accounts."""
@@ -330,7 +333,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         src.live = 0
         return dst
 
-    def _changed(self, c: _Cluster, now: float) -> list[Alert]:
+    def _changed(self, c: _Cluster, now: float, at: float) -> list[Alert]:
         """Open an alert at the document that qualifies the cluster; queue a later update."""
         p, n = self.params, len(c.accounts)
         if c.revision >= 0:
@@ -345,9 +348,9 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         wave = burst >= p.min_burst_accounts and burst >= p.min_burst_share * n
         if not wave and len(c.repeats) < p.min_repeat_share * n:
             return []
-        return [self._alert(c, now)]
+        return [self._alert(c, now, at)]
 
-    def _due(self, limit: float, now: float) -> list[Alert]:
+    def _due(self, limit: float, now: float, at: float) -> list[Alert]:
         """Updates due by ``limit``, sent as of ``now``: clusters with update_growth more
         accounts than their last alert."""
         out: list[Alert] = []
@@ -358,10 +361,10 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
                 continue  # stale: re-queued or merged away
             c.due = None
             if len(c.accounts) - len(c.reported) >= max(1.0, self.params.update_growth * len(c.reported)):
-                out.append(self._alert(c, now))
+                out.append(self._alert(c, now, at))
         return out
 
-    def _alert(self, c: _Cluster, now: float) -> Alert:
+    def _alert(self, c: _Cluster, now: float, at: float) -> Alert:
         p = self.params
         c.revision += 1
         c.reported = set(c.accounts)
@@ -397,6 +400,7 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
                 "as_of_ts": now,
             },
             detector_params=self._dump,
+            at=at,
         )
 
     # -- expiry ----------------------------------------------------------------------

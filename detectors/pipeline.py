@@ -1,12 +1,16 @@
 """The detection pipeline: every enabled detector plus the linker, cut at event-time ticks.
 
-Replay and the stream workers both drive a :class:`Pipeline`. Input batches are re-cut
-at a fixed event-time grid (``linking.tick_s``): events are buffered until an event of a
-later tick arrives (in sequence order), then the buffered events go to every detector as
-one batch, their alerts are ordered (detector order, group id, revision) and linked.
-Because the cut points depend only on the event sequence, the detectors see the same
-batches, and the output is byte-identical, however the input was batched (file chunks,
-Kafka fetches, a restart in between). The cost is up to one tick of event-time latency.
+Replay and the stream workers both drive a :class:`Pipeline`. The watermark (the newest
+event time so far, in sequence order) is cut at a fixed grid, ``linking.tick_s``. A tick
+is complete once an event of a later tick arrives; the events of all complete ticks in a
+batch go to every detector in ONE call (detectors vectorise over a batch, so big calls
+are cheap and tiny ones dear), the events of the open tick wait for the next batch. The
+alerts are then put in one order, (tick of the watermark they were decided at, detector,
+group id, revision), and linked in it; before a tick's alerts are linked the linker forgets
+alerts that ended ``linking.memory_s`` before the tick began. Detectors are batch-
+independent (their conformance test) and every key of that order is a function of the
+event sequence, so the output is byte-identical however the input was batched (file
+chunks, Kafka fetches, a restart in between). The cost is up to one tick of latency.
 """
 
 from __future__ import annotations
@@ -80,47 +84,47 @@ class Pipeline:
         if not events:
             return []
         ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
-        ticks = np.floor(np.maximum.accumulate(ts) / self.linking.tick_s)
-        ticks = np.maximum(ticks, self._tick)
-        prev = np.concatenate(([self._tick], ticks[:-1]))
-        cuts = np.flatnonzero(ticks > prev)
-        alerts: list[Alert] = []
-        start = 0
-        for i in cuts.tolist():
-            self._buffer.extend(events[start:i])
-            alerts += self._flush()
-            self._tick = float(ticks[i])
-            start = i
-        self._buffer.extend(events[start:])
-        return alerts
+        ticks = np.maximum(np.floor(np.maximum.accumulate(ts) / self.linking.tick_s), self._tick)
+        last = float(ticks[-1])
+        if last == self._tick:  # the open tick goes on
+            self._buffer.extend(events)
+            return []
+        cut = int(np.searchsorted(ticks, last))  # the first event of the new open tick
+        ready, self._buffer = [*self._buffer, *events[:cut]], list(events[cut:])
+        self._tick = last
+        return self._link(self._detect(ready))
 
     def advance(self, watermark: float) -> list[Alert]:
-        """Event time reached ``watermark``: flush a finished tick, close windows.
+        """Event time reached ``watermark``: close the open tick if it is over, close windows.
 
         ``advance(math.inf)`` flushes everything (end of a replay).
         """
-        alerts: list[Alert] = []
-        if watermark == math.inf or math.floor(watermark / self.linking.tick_s) > self._tick:
-            alerts += self._flush()
-        found = [a for d in self.detectors for a in d.advance(watermark)]
-        alerts += self._link(found, watermark)
-        return alerts
+        found: list[Alert] = []
+        step = self.linking.tick_s
+        if watermark == math.inf or math.floor(watermark / step) > self._tick:
+            ready, self._buffer = self._buffer, []
+            found = self._detect(ready)
+        else:  # the open tick's events are still to come for the detectors: time stops at its start
+            watermark = min(watermark, self._tick * step)
+        found += [a for d in self.detectors for a in d.advance(watermark)]
+        return self._link(found)
 
-    def _flush(self) -> list[Alert]:
-        batch, self._buffer = self._buffer, []
-        if not batch:
-            return []
-        found = [a for d in self.detectors for a in d.process(batch)]
-        return self._link(found, max(e.ts for e in batch))
+    def _detect(self, batch: list[Event]) -> list[Alert]:
+        return [a for d in self.detectors for a in d.process(batch)] if batch else []
 
-    def _link(self, alerts: list[Alert], watermark: float) -> list[Alert]:
+    def _link(self, alerts: list[Alert]) -> list[Alert]:
+        """``alerts`` in the pipeline's order, each linked to the earlier ones."""
         if not alerts:
-            self.linker.expire(watermark)
             return alerts
+        step = self.linking.tick_s
         order = {d.NAME: i for i, d in enumerate(self.detectors)}
-        alerts.sort(key=lambda a: (order[a.type], a.group_id, a.revision))
-        linked = [self.linker.link(a) for a in alerts]
-        self.linker.expire(watermark)
+        alerts.sort(key=lambda a: (math.floor(a.at / step) if a.at < math.inf else math.inf,
+                                   order[a.type], a.group_id, a.revision))  # fmt: skip
+        linked = []
+        for a in alerts:
+            if a.at < math.inf:
+                self.linker.expire(math.floor(a.at / step) * step)
+            linked.append(self.linker.link(a))
         return linked
 
     @property

@@ -6,6 +6,7 @@ Input is a small labelled synthetic stream, so every detector has something to f
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Any
 
@@ -43,8 +44,12 @@ def run(det: Detector[Any], events: list[Event], batch: int) -> list[Alert]:
 
 
 @functools.cache
+def straight_alerts(name: str) -> tuple[Alert, ...]:
+    return tuple(run(make(name), stream(), len(stream())))
+
+
 def straight(name: str) -> tuple[bytes, ...]:
-    return tuple(a.to_json() for a in run(make(name), stream(), len(stream())))
+    return tuple(a.to_json() for a in straight_alerts(name))
 
 
 pytestmark = pytest.mark.parametrize("name", NAMES)
@@ -62,8 +67,18 @@ def test_finds_something_and_every_alert_validates(name: str):
 
 def test_alerts_do_not_depend_on_batching(name: str):
     for batch in (1, 97, 5000):
-        got = tuple(a.to_json() for a in run(make(name), stream(), batch))
-        assert got == straight(name), f"batches of {batch} changed {name}'s alerts"
+        alerts = run(make(name), stream(), batch)
+        assert tuple(a.to_json() for a in alerts) == straight(name), f"batches of {batch} changed {name}'s alerts"
+        assert [a.at for a in alerts] == [a.at for a in straight_alerts(name)], f"batches of {batch} changed `at`"
+
+
+def test_alerts_carry_the_watermark_they_were_decided_at(name: str):
+    """``at`` never decreases, lies within the stream, and is the watermark (not a late event's time)."""
+    ats = [a.at for a in straight_alerts(name)]
+    finite = [t for t in ats if math.isfinite(t)]
+    assert finite == sorted(finite) and ats[: len(finite)] == finite  # inf (the final flush) only at the end
+    marks = set(itertools.accumulate((e.ts for e in stream()), max))
+    assert all(t in marks for t in finite)
 
 
 def test_alert_ids_are_unique(name: str):

@@ -174,7 +174,7 @@ def test_produce_rate_limits(broker, tmp_path):
 # -- the alerts view ----------------------------------------------------------------------
 def alert(group: str, kind: str, score: float, revision: int = 0) -> Alert:
     return Alert(kind, group, revision, score, 1_700_000_000.0, 1_700_000_060.0, ("u1", "u2", "u3", "u4"), 4,
-                 ("https://example.org/x",), {}, {})  # fmt: skip
+                 ("https://example.org/x",), {}, {}, 1_700_000_060.0)  # fmt: skip
 
 
 def test_alerts_view_filters_dedupes_and_prints(broker, tmp_path):
