@@ -71,6 +71,14 @@ def config_presets() -> None:
         click.echo(name)
 
 
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the config reference (Markdown, every key) rendered from the config model: docs/config.md."""
+    from streams.config_reference import render
+
+    click.echo(render(), nl=False)
+
+
 # -- detection core --------------------------------------------------------------------
 @cli.command("replay")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
