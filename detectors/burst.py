@@ -43,10 +43,10 @@ below float range; the score keeps the magnitude), ``distinct_accounts``, ``top_
 
 from __future__ import annotations
 
-import functools
 import math
+import re
 from collections.abc import Sequence
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,15 +55,24 @@ from detectors.base import Alert, Detector, stable_id
 from detectors.events import Event, event_to_json, parse_event, url_domain
 from detectors.params import BurstParams
 from sketches.countmin import SlidingCountMin
-from sketches.hashing import hash_strings
+from sketches.hashing import fmix64, hash_strings, splitmix64
 from sketches.shingling import shingle_batch
 
 _TEXT_CHARS = 200  # sample post text is cut to this many characters
 _TOP_EVIDENCE = 10  # accounts with their post counts in the evidence
 _WHOLE_TEXT = 1 << 30  # a word n-gram longer than any text: its one shingle is the whole text
 _REL_TOL = 1e-17  # series stop when a term no longer changes the sum
+_KINDS = ("hashtag", "url", "domain", "object", "text")  # kind code = index; also the order within an event
+_CACHE_MAX = 1 << 16  # entries of the URL -> domain and λ -> critical count caches before they are cleared
+U64 = np.uint64
+#: Mixed into the hash of a raw value per kind, so "foo" the hashtag and "foo" the object differ.
+_KIND_SALT = np.array([splitmix64(0xB0_5E_ED ^ (k + 1)) for k in range(len(_KINDS))], dtype=U64)
 
-_domain = functools.lru_cache(maxsize=1 << 16)(url_domain)  # domains repeat; urlsplit is slow
+_NETLOC_END = re.compile(r"[/?#]")
+_ts = attrgetter("ts")
+_tags = attrgetter("hashtags")
+_urls = attrgetter("urls")
+_obj = attrgetter("object_id")
 
 
 def poisson_logsf(c: int, lam: float) -> float:
@@ -110,22 +119,97 @@ def critical_count(lam: float, max_p: float, min_count: int) -> int:
     return hi
 
 
-class _Key:
-    """Exact state of one key in the current pane."""
+def _key(kind: int, value: Any) -> str:
+    """The typed key string: ``hashtag:foo``, ``text:<16 hex>``, ..."""
+    return f"text:{value:016x}" if _KINDS[kind] == "text" else f"{_KINDS[kind]}:{value}"
 
-    __slots__ = ("count", "accounts", "samples", "alerted", "test")
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.accounts: dict[str, int] = {}  # account -> posts, first-seen order
-        self.samples: list[Event] = []  # the key's first events in the pane
-        self.alerted = False
-        self.test: tuple[float, list[int], int] | None = None  # λ, baseline counts, critical count
+def _run_starts(s: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in ``s``."""
+    first = np.empty(s.size, dtype=bool)
+    first[:1] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    return np.flatnonzero(first)
+
+
+class _Pane:
+    """Exact on-time occurrences of one pane, in sequence order, and its per-key counts.
+
+    One chunk per batch: the batch's events (a reference, not a copy), the occurrences'
+    key hashes and event indices into it. ``uk`` / ``cnt`` are the distinct key hashes
+    (sorted) and their counts so far.
+    """
+
+    __slots__ = ("pid", "_chunks", "_flat", "size", "uk", "cnt", "alerted", "tests")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._chunks: list[tuple[Sequence[Event], np.ndarray, np.ndarray]] = []
+        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.size = 0
+        self.uk = np.empty(0, dtype=U64)
+        self.cnt = np.empty(0, dtype=np.int64)
+        self.alerted: set[int] = set()  # key hashes that alerted in this pane
+        self.tests: dict[int, tuple[float, list[int], int]] = {}  # key hash -> λ, baseline, critical count
+
+    def add(self, events: Sequence[Event], kh: np.ndarray, ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append occurrences (``ev`` indexes ``events``); returns the distinct keys added and
+        their new totals in the pane."""
+        self._chunks.append((events, kh, ev))
+        self._flat = None
+        self.size += kh.size
+        s = np.sort(kh)
+        st = _run_starts(s)
+        u, c = s[st], np.diff(st, append=s.size)
+        if self.uk.size:
+            both = np.concatenate((self.uk, u))
+            order = np.argsort(both, kind="stable")
+            srt = both[order]
+            st = _run_starts(srt)
+            self.uk = srt[st]
+            self.cnt = np.add.reduceat(np.concatenate((self.cnt, c))[order], st)
+            return u, self.cnt[np.searchsorted(self.uk, u)]
+        self.uk, self.cnt = u, c
+        return u, c
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Key hashes, event indices (within their chunk) and chunk start offsets."""
+        if self._flat is None:
+            ch = self._chunks
+            if not ch:
+                return np.empty(0, dtype=U64), np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+            sizes = [c[1].size for c in ch]
+            starts = np.cumsum([0, *sizes[:-1]])
+            kh = ch[0][1] if len(ch) == 1 else np.concatenate([c[1] for c in ch])
+            ev = ch[0][2] if len(ch) == 1 else np.concatenate([c[2] for c in ch])
+            self._flat = (kh, ev, starts)
+        return self._flat
+
+    def positions(self, key: int) -> np.ndarray:
+        """Indices (into :meth:`flat`) of the occurrences of ``key``, in sequence order."""
+        return np.flatnonzero(self.flat()[0] == U64(key))
+
+    def events_at(self, pos: np.ndarray) -> list[Event]:
+        _, ev, starts = self.flat()
+        chunk = np.searchsorted(starts, pos, side="right") - 1
+        ch = self._chunks
+        return [ch[c][0][i] for c, i in zip(chunk.tolist(), ev[pos].tolist())]
+
+    def export(self) -> tuple[list[Event], np.ndarray, np.ndarray]:
+        """The events that carry occurrences (in order), key hashes, event indices into them."""
+        kh, ev, starts = self.flat()
+        events: list[Event] = []
+        remap = np.empty(ev.size, dtype=np.int64)
+        for (evs, k, e), s0 in zip(self._chunks, starts.tolist()):
+            st = _run_starts(e)
+            remap[s0 : s0 + e.size] = np.repeat(np.arange(len(events), len(events) + st.size), np.diff(st, append=e.size))
+            events += [evs[i] for i in e[st].tolist()]
+        return events, kh, remap
 
 
 class BurstDetector(Detector[BurstParams]):
     NAME: ClassVar[str] = "burst"
-    STATE_VERSION: ClassVar[int] = 1
+    STATE_VERSION: ClassVar[int] = 2
 
     def __init__(self, params: BurstParams) -> None:
         super().__init__(params)
@@ -133,53 +217,104 @@ class BurstDetector(Detector[BurstParams]):
             params.pane_s, params.window_s, params.cms_epsilon, params.cms_delta,
             conservative=params.conservative_update,
         )  # fmt: skip
+        self._kinds = [k for k in _KINDS if k in params.key_kinds]
         self._pane: int | None = None  # current pane id
         self._first_pane = 0
         self._armed = False  # min_history_panes earlier panes seen
-        self._keys: dict[str, _Key] = {}  # keys active in the current pane
-        self._late: list[tuple[str, int]] = []  # (key, pane) of events late for an earlier pane
+        self._cur = _Pane(0)  # occurrences of the current pane
+        self._late_k: list[np.ndarray] = []  # key hashes of occurrences late for an earlier pane
+        self._late_q: list[np.ndarray] = []  # ... and their panes
         self._groups: dict[str, list[int]] = {}  # key -> [first pane, revision, pane of last alert]
+        self._domains: dict[str, str | None] = {}  # URL -> domain (a cache: urlsplit is slow)
+        self._hosts: dict[str, str | None] = {}  # scheme://netloc -> domain
+        self._crit: dict[float, int] = {}  # λ -> critical count (a cache of a pure function)
 
     # -- driving ---------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
-        """One pass over the key occurrences in sequence order; dict work on current keys only.
+        """Vectorised over the batch; Python work only for keys that reach the bar.
 
-        Tick batches hold a couple of events on sparse streams, where a per-batch numpy
-        set-up (grouping keys by hash) cost 37 us per 2-event call against 3 us for this
-        loop; on dense ones the per-key Python work dominated anyway. Panes advance with
-        the events that carry keys (and with watermarks); the others do not concern a burst.
+        The occurrences (event, key) of the batch are put in sequence order as arrays; the
+        pane of each comes from the running maximum of the panes of the events that carry
+        keys (events without keys do not move a burst's pane, watermarks do). The batch is
+        cut where that pane changes; per segment, the on-time occurrences are appended to
+        the pane and its exact per-key counts updated with one sort, the late ones queued
+        for the count-min. Only keys whose pane count reaches ``min_count`` get a test
+        (one batched count-min query for the new ones, λ fixed for the pane) and only
+        those at or above their critical count are walked in Python, occurrence by
+        occurrence, to find the crossing event (the count and the distinct accounts).
         """
+        ev_idx, kh, kind, kid, vals = self._occurrences(events)
+        if ev_idx.size == 0:
+            return []
         p = self.params
-        pane_s, min_count, min_accounts, max_samples = p.pane_s, p.min_count, p.min_accounts, p.max_samples
-        pane, state = self._pane, self._keys
-        alerts: list[Alert] = []
+        st = _run_starts(ev_idx)  # events that carry keys, their panes, and each occurrence's
+        ke = ev_idx[st]
+        ts = np.fromiter(map(_ts, events), dtype=np.float64, count=len(events))
+        q_ev = np.floor(ts[ke] / p.pane_s).astype(np.int64)
+        run = np.maximum.accumulate(q_ev)
+        if self._pane is not None:
+            np.maximum(run, self._pane, out=run)
+        reps = np.diff(st, append=ev_idx.size)
+        o_q, o_run = np.repeat(q_ev, reps), np.repeat(run, reps)
+        late = o_q < o_run
+        found: list[tuple[int, Alert]] = []
+        bounds = _run_starts(o_run).tolist() + [ev_idx.size]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            pane = int(o_run[a])
+            if self._pane is None or pane > self._pane:
+                self._roll(pane)
+            lm = late[a:b]
+            if lm.any():
+                self._late_k.append(kh[a:b][lm])
+                self._late_q.append(o_q[a:b][lm])
+                on = np.flatnonzero(~lm) + a
+            else:
+                on = np.arange(a, b)
+            if on.size:
+                found += self._segment(events, ev_idx, kh, kind, kid, vals, on)
+        if len(found) > 1:
+            found.sort(key=lambda x: x[0])
+        return [al for _, al in found]
+
+    def _segment(
+        self, events: Sequence[Event], ev_idx: np.ndarray, kh: np.ndarray, kind: np.ndarray, kid: np.ndarray,
+        vals: list[Any], on: np.ndarray,
+    ) -> list[tuple[int, Alert]]:
+        """Add the on-time occurrences ``on`` (batch positions) to the current pane; alerts."""
+        p = self.params
+        cur = self._cur
+        offset = cur.size
+        u, tot = cur.add(events, kh[on], ev_idx[on])
+        if not self._armed:
+            return []
+        reach = tot >= p.min_count
+        if not reach.any():
+            return []
+        tot_of = dict(zip(u[reach].tolist(), tot[reach].tolist()))
+        cand = [k for k in tot_of if k not in cur.alerted]
+        missing = [k for k in cand if k not in cur.tests]
+        if missing:
+            self._tests(missing)
+        hot = [k for k in cand if tot_of[k] >= cur.tests[k][2]]
+        if not hot:
+            return []
         marks = self.marks
-        last, late, q, a, e = -1, False, 0, "", events[0]
-        for i, k in self._occurrences(events):
-            if i != last:
-                last, e = i, events[i]
-                q, a = math.floor(e.ts / pane_s), e.account_id
-                if pane is None or q > pane:
-                    self._roll(q)
-                    pane, state = q, self._keys
-                late = q < pane
-            if late:
-                self._late.append((k, q))
-                continue
-            st = state.get(k)
-            if st is None:
-                st = state[k] = _Key()
-            st.count += 1
-            acc = st.accounts
-            acc[a] = acc.get(a, 0) + 1
-            if len(st.samples) < max_samples:
-                st.samples.append(e)
-            if st.count >= min_count and len(acc) >= min_accounts and self._armed and not st.alerted:
-                if st.test is None:
-                    st.test = self._test(k)
-                if st.count >= st.test[2]:
-                    alerts.append(self._alert(k, st, e.ts, float(marks[i])))
-        return alerts
+        out = []
+        for k in hot:
+            crit = cur.tests[k][2]
+            pos = cur.positions(k)
+            evs = cur.events_at(pos)
+            accounts: dict[str, int] = {}
+            for j, e in enumerate(evs):
+                acc = e.account_id
+                accounts[acc] = accounts.get(acc, 0) + 1
+                if j + 1 >= crit and len(accounts) >= p.min_accounts:
+                    at = int(on[int(pos[j]) - offset])  # batch position of the crossing occurrence
+                    i = int(ev_idx[at])
+                    key = _key(int(kind[at]), vals[int(kid[at])])
+                    out.append((at, self._alert(key, k, j + 1, accounts, evs[: p.max_samples], e.ts, float(marks[i]))))
+                    break
+        return out
 
     def _advance(self, watermark: float) -> list[Alert]:
         """Alerts are decided at events; a watermark in a later pane only closes the pane."""
@@ -190,57 +325,136 @@ class BurstDetector(Detector[BurstParams]):
         return []
 
     # -- internals -------------------------------------------------------------------
-    def _occurrences(self, events: Sequence[Event]) -> list[tuple[int, str]]:
-        """Every (event index, key) of the batch in sequence order: one comprehension per kind."""
-        kinds = self.params.key_kinds
-        occ: list[tuple[int, str]] = []
-        if "hashtag" in kinds:
-            occ += [(i, "hashtag:" + h) for i, e in enumerate(events) if e.hashtags for h in e.hashtags]
-        if "url" in kinds:
-            occ += [(i, "url:" + u) for i, e in enumerate(events) if e.urls for u in e.urls]
-        if "domain" in kinds:
-            occ += [
-                (i, "domain:" + d)
-                for i, e in enumerate(events) if e.urls
-                for d in dict.fromkeys(map(_domain, e.urls)) if d
-            ]  # fmt: skip
-        if "object" in kinds:
-            occ += [(i, "object:" + e.object_id) for i, e in enumerate(events) if e.object_id is not None]
-        if "text" in kinds:
-            with_text = [i for i, e in enumerate(events) if e.text]
-            sh = shingle_batch([events[i].text or "" for i in with_text], "word", _WHOLE_TEXT)
-            has = np.flatnonzero(np.diff(sh.offsets)).tolist()  # texts with at least one word
-            occ += [(with_text[d], f"text:{h:016x}") for d, h in zip(has, sh.hashes.tolist())]
-        if len(kinds) > 1:
-            occ.sort(key=itemgetter(0))  # stable: merges the per-kind runs
-        return occ
+    def _occurrences(
+        self, events: Sequence[Event]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+        """Every (event, key) of the batch, in sequence order (by event, then kind in
+        :data:`_KINDS` order, then position in the event): event indices, key hashes, kind
+        codes and ``kid`` indexing ``vals`` (the raw values, grouped by kind).
 
-    def _test(self, key: str) -> tuple[float, list[int], int]:
-        """λ, baseline counts (oldest first) and critical count of a key for the current pane.
+        A key hash is the seeded hash of the raw value (hashtag, URL, domain, object id;
+        a text's fingerprint is already one) mixed with its kind, so no ``kind:value``
+        string is built for the ~680k occurrences a day of the generator mix; the string
+        is made for alerting keys only.
+        """
+        idx: list[list[int]] = []
+        strs: list[str] = []  # values hashed as strings (every kind but text)
+        vals: list[Any] = []
+        codes: list[int] = []
+        text_h = None
+        urls = ui = uv = None
+        for code, kind in enumerate(_KINDS):
+            if kind not in self._kinds:
+                continue
+            if kind == "hashtag":
+                tags = list(map(_tags, events))
+                ii = [i for i, t in enumerate(tags) if t for _ in t]
+                vv = [h for t in tags if t for h in t]
+            elif kind in ("url", "domain"):
+                if urls is None:
+                    urls = list(map(_urls, events))
+                    ui = [i for i, t in enumerate(urls) if t for _ in t]
+                    uv = [u for t in urls if t for u in t]
+                assert ui is not None and uv is not None
+                if kind == "url":
+                    ii, vv = ui, uv
+                else:
+                    get = self._domains.get
+                    dv = [get(u, "") for u in uv]
+                    if "" in dv:
+                        dv = [d if d != "" else self._domain(u) for u, d in zip(uv, dv)]
+                    pairs = [(i, d) for i, d in zip(ui, dv) if d]
+                    if len(set(ui)) < len(ui):  # an event with several URLs: its distinct domains
+                        pairs = list(dict.fromkeys(pairs))
+                    ii, vv = [i for i, _ in pairs], [d for _, d in pairs]
+            elif kind == "object":
+                objs = list(map(_obj, events))
+                ii = [i for i, o in enumerate(objs) if o is not None]
+                vv = [o for o in objs if o is not None]
+            else:
+                with_text = [i for i, e in enumerate(events) if e.text]
+                sh = shingle_batch([events[i].text or "" for i in with_text], "word", _WHOLE_TEXT)
+                has = np.flatnonzero(np.diff(sh.offsets)).tolist()  # texts with at least one word
+                ii = [with_text[d] for d in has]
+                text_h = sh.hashes
+                vv = text_h.tolist()
+            idx.append(ii)
+            vals += vv
+            codes.append(code)
+            if kind != "text":
+                strs += vv
+        n_per = [len(ii) for ii in idx]
+        kinds = np.repeat(np.array(codes, dtype=np.int64), n_per)
+        raw = hash_strings(strs)
+        if text_h is not None:
+            raw = np.concatenate((raw, text_h))  # text is the last kind
+        kh = fmix64(raw ^ _KIND_SALT[kinds])
+        ev_idx = np.concatenate([np.array(ii, dtype=np.int64) for ii in idx])
+        if len(idx) > 1:
+            kid = np.argsort(ev_idx, kind="stable")  # stable: merges the per-kind runs
+            return ev_idx[kid], kh[kid], kinds[kid], kid, vals
+        return ev_idx, kh, kinds, np.arange(ev_idx.size), vals
 
-        The count-min changes only at pane boundaries, so this is the same whenever asked.
+    def _domain(self, url: str) -> str | None:
+        """:func:`url_domain`, cached per URL and per ``scheme://netloc`` prefix (the host
+        depends on nothing else, and urlsplit costs ~10 us: 12k distinct URLs a day here)."""
+        d = self._domains.get(url, "")
+        if d != "":
+            return d
+        if len(self._domains) > _CACHE_MAX:
+            self._domains.clear()
+            self._hosts.clear()
+        at = url.find("://")
+        if at < 0:
+            d = None
+        else:
+            m = _NETLOC_END.search(url, at + 3)
+            prefix = url if m is None else url[: m.start()]
+            if prefix.isprintable() and " " not in prefix:
+                d = self._hosts.get(prefix, "")
+                if d == "":
+                    d = self._hosts[prefix] = url_domain(prefix)
+            else:
+                d = url_domain(url)
+        self._domains[url] = d
+        return d
+
+    def _tests(self, hashes: list[int]) -> None:
+        """λ, baseline counts (oldest first) and critical count of keys for the current pane.
+
+        The count-min changes only at pane boundaries, so these are the same whenever asked.
         """
         p = self.params
         n = self._cms.n_panes
         k = min(n - 1, self._pane - self._first_pane)  # type: ignore[operator]
-        base = self._cms.query_panes(hash_strings([key]))[0, n - 1 - k : n - 1].tolist()
-        lam = max(sum(base) / k, p.prior_rate_per_pane)
-        return lam, base, critical_count(lam, p.max_p_value, p.min_count)
+        base = self._cms.query_panes(np.array(hashes, dtype=U64))[:, n - 1 - k : n - 1].tolist()
+        crit = self._crit
+        if len(crit) > _CACHE_MAX:
+            crit.clear()
+        tests = self._cur.tests
+        for h, b in zip(hashes, base):
+            lam = max(sum(b) / k, p.prior_rate_per_pane)
+            c = crit.get(lam)
+            if c is None:
+                c = crit[lam] = critical_count(lam, p.max_p_value, p.min_count)
+            tests[h] = (lam, b, c)
 
-    def _alert(self, key: str, st: _Key, ts: float, at: float) -> Alert:
+    def _alert(
+        self, key: str, kh: int, count: int, accounts: dict[str, int], samples: list[Event], ts: float, at: float
+    ) -> Alert:
         p = self.params
         pane = self._pane
-        assert st.test is not None and pane is not None
-        st.alerted = True
-        lam, base, crit = st.test
+        assert pane is not None
+        self._cur.alerted.add(kh)
+        lam, base, crit = self._cur.tests[kh]
         g = self._groups.get(key)
         if g is not None and g[2] == pane - 1:
             g[1] += 1
             g[2] = pane
         else:
             g = self._groups[key] = [pane, 0, pane]
-        logp = poisson_logsf(st.count, lam)
-        top = sorted(st.accounts.items(), key=lambda kv: (-kv[1], kv[0]))
+        logp = poisson_logsf(count, lam)
+        top = sorted(accounts.items(), key=lambda kv: (-kv[1], kv[0]))
         return Alert(
             type=self.NAME,
             group_id=stable_id("bu-", key, g[0]),
@@ -252,7 +466,7 @@ class BurstDetector(Detector[BurstParams]):
             account_count=len(top),
             keys=(key,),
             evidence={
-                "count": st.count,
+                "count": count,
                 "expected": lam,
                 "critical_count": crit,
                 "baseline_mean": sum(base) / len(base),
@@ -263,7 +477,7 @@ class BurstDetector(Detector[BurstParams]):
                 "sample_posts": [
                     {"event_id": e.event_id, "account_id": e.account_id, "ts": e.ts,
                      "text": None if e.text is None else e.text[:_TEXT_CHARS]}
-                    for e in st.samples
+                    for e in samples
                 ],  # fmt: skip
                 "pane": {"start": pane * p.pane_s, "end": (pane + 1) * p.pane_s},
                 "detected_at": ts,
@@ -278,14 +492,19 @@ class BurstDetector(Detector[BurstParams]):
         if self._pane is None:
             self._first_pane = pane
         else:
-            keys = [*self._keys, *(k for k, _ in self._late)]
-            panes = np.array([self._pane] * len(self._keys) + [q for _, q in self._late], dtype=np.float64)
-            counts = np.array([st.count for st in self._keys.values()] + [1] * len(self._late), dtype=np.uint64)
-            self._cms.update(hash_strings(keys), (panes + 0.5) * p.pane_s, counts)
-            self._keys, self._late = {}, []
+            cur = self._cur
+            late_k = np.concatenate(self._late_k) if self._late_k else np.empty(0, dtype=U64)
+            late_q = np.concatenate(self._late_q) if self._late_q else np.empty(0, dtype=np.int64)
+            keys = np.concatenate((cur.uk, late_k))
+            if keys.size:
+                panes = np.concatenate((np.full(cur.uk.size, self._pane, dtype=np.int64), late_q))
+                counts = np.concatenate((cur.cnt, np.ones(late_k.size, dtype=np.int64))).astype(U64)
+                self._cms.update(keys, (panes + 0.5) * p.pane_s, counts)
+            self._late_k, self._late_q = [], []
             self._groups = {k: g for k, g in self._groups.items() if g[2] >= pane - 1}
         self._cms.advance((pane + 0.5) * p.pane_s)
         self._open(pane)
+        self._cur = _Pane(pane)
 
     def _open(self, pane: int) -> None:
         self._pane = pane
@@ -293,26 +512,31 @@ class BurstDetector(Detector[BurstParams]):
 
     # -- state -----------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        cur = self._cur
+        events, fkh, fev = cur.export()
         state = {
             "pane": self._pane,
             "first_pane": self._first_pane,
-            "keys": [
-                [k, st.count, list(st.accounts.items()), [event_to_json(x).decode() for x in st.samples], st.alerted]
-                for k, st in self._keys.items()
-            ],
-            "late": self._late,
+            "events": [event_to_json(x).decode() for x in events],
             "groups": self._groups,
         }
-        return state, [np.frombuffer(self._cms.to_bytes(), dtype=np.uint8)]
+        late_k = np.concatenate(self._late_k) if self._late_k else np.empty(0, dtype=U64)
+        late_q = np.concatenate(self._late_q) if self._late_q else np.empty(0, dtype=np.int64)
+        alerted = np.array(sorted(cur.alerted), dtype=U64)
+        arrays = [np.frombuffer(self._cms.to_bytes(), dtype=np.uint8), fkh, fev.astype(np.int64), late_k, late_q, alerted]
+        return state, arrays
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        self._cms = SlidingCountMin.from_bytes(arrays[0].tobytes(), expect=self._cms.params())
+        cms, fkh, fev, late_k, late_q, alerted = arrays
+        self._cms = SlidingCountMin.from_bytes(cms.tobytes(), expect=self._cms.params())
         self._first_pane = state["first_pane"]
         if state["pane"] is not None:
             self._open(state["pane"])
-        for key, count, accounts, samples, alerted in state["keys"]:
-            st = self._keys[key] = _Key()
-            st.count, st.accounts, st.alerted = count, dict(accounts), alerted
-            st.samples = [parse_event(s.encode()) for s in samples]  # type: ignore[misc]
-        self._late = [(k, q) for k, q in state["late"]]
+            cur = self._cur = _Pane(state["pane"])
+            events = [parse_event(s.encode()) for s in state["events"]]
+            if fkh.size:
+                cur.add(events, fkh, fev)  # type: ignore[arg-type]
+            cur.alerted = set(alerted.tolist())
+        self._late_k = [late_k] if late_k.size else []
+        self._late_q = [late_q] if late_q.size else []
         self._groups = state["groups"]
