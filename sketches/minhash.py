@@ -66,22 +66,35 @@ class MinHasher:
 
     def signatures(self, hashes: np.ndarray, offsets: np.ndarray) -> Signatures:
         """Signatures of documents ``hashes[offsets[d]:offsets[d + 1]]`` (empty docs: all max)."""
+        values = self.values(hashes, offsets)
+        return Signatures(values, num_perm=self.num_perm, seed=self.seed, scheme=self.scheme)
+
+    def values(self, hashes: np.ndarray, offsets: np.ndarray, perms: slice = slice(None)) -> np.ndarray:
+        """The signature columns ``perms`` (permutations ``lo:hi``) of each document.
+
+        ``values(h, o, slice(0, k))`` and ``values(h, o, slice(k, None))`` side by side are
+        ``signatures(h, o).values``: a caller that needs only some permutations for most
+        documents (LSH bands) computes the rest for the few that need them.
+        """
         hashes = np.asarray(hashes, dtype=np.uint64)
         offsets = np.asarray(offsets, dtype=np.int64)
         if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != hashes.size:
             raise ValueError("offsets must start at 0 and end at len(hashes)")
         if np.any(np.diff(offsets) < 0):
             raise ValueError("offsets must be non-decreasing")
+        a, b = self.a[perms, None], self.b[perms, None]
+        k = a.shape[0]
+        out = np.full((offsets.size - 1, k), self.empty, dtype=self.dtype)
+        if not k or not hashes.size:
+            return out
         if self.scheme == "affine32":
             h = _fmix32(hashes.astype(np.uint32))  # the low 32 bits: datasketch's input hash
         else:
             h = fmix64(hashes)
-        out = np.full((offsets.size - 1, self.num_perm), self.empty, dtype=self.dtype)
-        rows = max(1, CHUNK_BYTES // (self.num_perm * self.dtype.itemsize))
+        rows = max(1, CHUNK_BYTES // (k * self.dtype.itemsize))
         # Permutations x shingles: the per-document min then runs along contiguous
         # rows (reduceat over axis 1 measured 2.5x faster than over axis 0).
-        block = np.empty((self.num_perm, min(rows, h.size)), dtype=self.dtype)
-        a, b = self.a[:, None], self.b[:, None]
+        block = np.empty((k, min(rows, h.size)), dtype=self.dtype)
         for lo in range(0, h.size, rows):
             hi = min(lo + rows, h.size)
             phv = block[:, : hi - lo]
@@ -95,7 +108,7 @@ class MinHasher:
             mins = np.minimum.reduceat(phv, bounds[nonempty], axis=1).T
             docs = d0 + nonempty
             out[docs] = np.minimum(out[docs], mins)
-        return Signatures(out, num_perm=self.num_perm, seed=self.seed, scheme=self.scheme)
+        return out
 
 
 @lru_cache(maxsize=16)

@@ -216,3 +216,25 @@ def test_the_end_of_the_stream_sends_pending_updates():
     assert det.advance(10_000) == []  # a finite watermark sends nothing: only documents do
     (final,) = det.advance(math.inf)
     assert (final.revision, final.account_count, final.evidence["as_of_ts"]) == (1, 14, det._newest)
+
+
+def test_signatures_completed_on_demand_are_datasketchs_full_signatures():
+    from sketches.minhash import minhasher
+    from sketches.shingling import shingle_batch
+
+    events = campaign_stream()
+    det = NearDuplicateDetector(NearDuplicateParams())
+    for lo in range(0, len(events), 500):
+        det.process(events[lo : lo + 500])
+        live = range(det._head, det._next)
+        done = [s for s in live if det._has[s % det._has.size]]
+        assert done  # the wave documents in candidate pairs
+        texts = [det._ev[s - det._base].text for s in done]
+        sh = shingle_batch(texts)  # type: ignore[arg-type]
+        full = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values
+        assert np.array_equal(det._sig[np.array(done) % det._has.size], full)
+        band = [s for s in live if not det._has[s % det._has.size]][:50]
+        sh = shingle_batch([det._ev[s - det._base].text for s in band])  # type: ignore[arg-type]
+        cols = det._band_perms
+        expected = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values[:, :cols]
+        assert np.array_equal(det._sig[np.array(band, dtype=np.int64) % det._has.size, :cols], expected)

@@ -8,7 +8,7 @@ import pytest
 from datasketch.lsh import _optimal_param
 
 from sketches.errors import IncompatibleSketchError
-from sketches.lsh import WindowedLSH, band_keys, choose_bands
+from sketches.lsh import BandIndex, WindowedLSH, band_keys, choose_bands
 from sketches.minhash import Signatures, minhasher
 
 
@@ -112,7 +112,7 @@ def test_expiry_follows_event_time_in_insertion_order():
     [(_, cands, _)] = lsh.insert_and_query(sig, [20.5])
     assert cands.tolist() == [3, 4, 5]
     lsh.expire(100.0)
-    assert len(lsh) == 0 and all(not t for t in lsh._tables)
+    assert len(lsh) == 0 and not lsh._index.entries().key.size  # no live band entry left
 
 
 def test_memory_does_not_grow_with_stream_length():
@@ -141,7 +141,8 @@ def test_bytes_round_trip_restores_state_and_behaviour():
     back = WindowedLSH.from_bytes(lsh.to_bytes())
     assert back == lsh and len(back) == len(lsh) == 301
     assert back.params() == lsh.params()
-    assert back._tables == lsh._tables  # band dicts rebuilt from the signatures
+    live = [i.entries() for i in (back._index, lsh._index)]
+    assert all(np.array_equal(a, b) for a, b in zip(*live))  # band index rebuilt from the signatures
     for a, b in zip(lsh.insert_and_query(sigs.values[1000:], ts[1000:]), back.insert_and_query(sigs.values[1000:], ts[1000:])):
         assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
     assert back == lsh
@@ -172,3 +173,58 @@ def test_parameter_and_input_checks_name_both_values():
         WindowedLSH(60, num_perm=64, bands=16, rows=8)
     with pytest.raises(ValueError, match="both"):
         WindowedLSH(60, bands=16)
+
+
+def reference_candidates(
+    keys: np.ndarray, ts: np.ndarray, window_s: float, limit: int | None
+) -> tuple[list[set[int]], list[int]]:
+    """Plain-Python band dicts (the definition BandIndex computes a batch at a time): buckets
+    of live items in insertion order; an item advancing the clock first expires, in
+    insertion order, the oldest items while their ts < clock - window_s."""
+    tables: list[dict[int, list[int]]] = [{} for _ in range(keys.shape[1])]
+    live: list[int] = []
+    head, newest, out, heads = 0, -np.inf, [], []
+    for i, (t, row) in enumerate(zip(ts.tolist(), keys.tolist())):
+        if t > newest:
+            newest = t
+            while head < len(live) and ts[live[head]] < t - window_s:
+                for table, key in zip(tables, keys[live[head]].tolist()):
+                    table[key].remove(live[head])
+                head += 1
+        found: set[int] = set()
+        for table, key in zip(tables, row):
+            bucket = table.setdefault(key, [])
+            found.update(bucket if limit is None else bucket[-limit:])
+            bucket.append(i)
+        live.append(i)
+        out.append(found)
+        heads.append(head)
+    return out, heads
+
+
+@pytest.mark.parametrize(("limit", "window_s"), [(None, 25.0), (1, 25.0), (3, 25.0), (3, 400.0)])
+def test_band_index_matches_plain_band_dicts_in_any_batching(limit: int | None, window_s: float):
+    rng = np.random.default_rng(7)
+    n, bands = 3000, 4
+    # A small key space (crowded buckets), spread over 64 bits; pairs of keys that differ
+    # only in their lowest bit share their top half (the index sorts by it first).
+    keys = rng.integers(0, 12, (n, bands)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    keys ^= rng.integers(0, 2, (n, bands)).astype(np.uint64)
+    ts = np.cumsum(rng.exponential(1.0, n))
+    late = rng.random(n) < 0.1
+    ts[late] -= rng.uniform(0, 40, late.sum())  # late and too-old items
+    expected, expected_heads = reference_candidates(keys, ts, window_s, limit)
+    for batch in (1, 17, 500, n):  # its two sorted levels, small batches and big ones
+        index = BandIndex(window_s, bands)
+        got: list[set[int]] = [set() for _ in range(n)]
+        heads: list[int] = []
+        for lo in range(0, n, batch):
+            new, old, at = index.insert(keys[lo : lo + batch], ts[lo : lo + batch], limit)
+            for i, j in zip(new.tolist(), old.tolist()):
+                got[lo + i].add(j)
+            heads += at.tolist()
+        assert got == expected, batch
+        assert heads == expected_heads, batch
+        entries = sum(run.key.size for run, _ in index._runs)
+        assert entries <= 2 * bands * len(index) + 4096 + bands * batch
+        assert index._entries == entries and index._count.sum() == entries

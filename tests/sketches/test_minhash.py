@@ -174,3 +174,16 @@ def test_signatures_are_identical_across_processes():
             [sys.executable, "-c", _SUBPROCESS], env=env, cwd=ROOT, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == here
+
+
+def test_some_permutations_are_the_same_columns_of_the_signatures():
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(0, 30, 50)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    hashes = rng.integers(0, 2**64 - 1, int(offsets[-1]), dtype=np.uint64)
+    hasher = MinHasher(128, 5)
+    whole = hasher.signatures(hashes, offsets).values
+    assert np.array_equal(hasher.values(hashes, offsets), whole)
+    parts = [hasher.values(hashes, offsets, slice(lo, hi)) for lo, hi in [(0, 30), (30, 31), (31, 128)]]
+    assert np.array_equal(np.hstack(parts), whole)
+    assert hasher.values(hashes, offsets, slice(0, 0)).shape == (50, 0)
