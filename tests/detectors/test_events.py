@@ -1,6 +1,6 @@
 """Event contract: every rejection reason, normalisation and extraction, envelopes, derived
 ids (stable across processes), round-trips, the real coord_eval datasets, and a fuzz test
-that the parser never raises."""
+that the parser never raises. The fast canonical_url is checked against urllib."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from detectors import events as events_module
 from detectors.events import (
     MAX_EVENT_BYTES,
     Event,
@@ -403,3 +404,61 @@ def test_fuzz_valid_events_parse_and_round_trip(objs: list[dict]):
     assert all(isinstance(e, Event) for e in out), out
     _check(out, len(objs))
     assert [parse_obj(o) for o in objs] == out
+
+
+# --- fast paths against their references ----------------------------------------------------
+
+url_pieces = st.lists(
+    st.sampled_from(
+        ["http://", "https://", "HTTP://", "Https://", "://", "/", "?", "#", "&", "&&", "=", "utm_source=x",
+         "UTM_Medium=1", "fbclid=z", "GCLID=q", "gclid", "a=1", "x.example", "WWW.Ex.DE", ":8080", "user:Pw@",
+         "[", "]", "[::1]", "%20", ".", ";p", "\\", "é", "İ", "\u212a", "\u2100", "\ufb01", "\u00a0",
+         " ", "\t", "\n", "\x00", "\x1f"]
+    )
+    | st.text(max_size=3),
+    max_size=10,
+).map("".join)
+
+
+TRICKY_URLS = [
+    "https://h.example/?&a=1", "https://h.example/?a=1&", "https://h.example/?a&&b", "https://h.example?",
+    "https://h.example?x=1/y", "https://h.example/p?UTM_x=1", "https://h.example/p?a=utm_x", "https://h.example/p?FbClId",
+    "https://H.example:80", "https://u:P@H.example/", "https://[::1]:8/x", "https://[::1/x", "https://h/\tx",
+    "https://h/x y ", "https://exa\u2100mple/", "https://h/#frag", "https://", "https:///p", "https:////p", "https://?q", "http://h",
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(url_pieces, st.sampled_from(["", "http://", "https://", "HTTPS://", " https://"]))
+@example("", "").via("the tricky URLs below")
+def test_canonical_url_fast_path_equals_urllib(rest: str, prefix: str):
+    for url in TRICKY_URLS:
+        assert events_module._canonical_url_fast(url) == events_module._canonical_url_urllib(url), url
+    url = prefix + rest
+    assert events_module._canonical_url_fast(url) == events_module._canonical_url_urllib(url)
+    assert canonical_url(url) == canonical_url(url) == events_module._canonical_url_urllib(url)  # memo hit too
+
+
+def test_canonical_url_memo_is_bounded(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(events_module, "_CANONICAL_MEMO_MAX", 4)
+    urls = [f"HTTPS://Host{i}.example/p?utm_x={i}&k={i}" for i in range(10)]
+    assert [canonical_url(u) for u in urls * 2] == [f"https://host{i}.example/p?k={i}" for i in range(10)] * 2
+    assert len(events_module._canonical_memo) <= 4
+
+
+def test_canonical_url_fast_path_on_real_urls():
+    """Every URL of the coord_eval datasets (fields and text) and of a generated stream."""
+    urls = set()
+    for path in sorted(DATASETS.glob("*.jsonl.gz")):
+        for line in _head(path, 20_000):
+            obj = orjson.loads(line)
+            for field in ("url", "urls"):
+                v = obj.get(field)
+                urls.update([v] if isinstance(v, str) else v if isinstance(v, list) else [])
+            if isinstance(obj.get("text"), str):
+                urls.update(events_module._URL_ANYCASE_RE.findall(obj["text"]))
+    urls |= {f"https://{d}/{s}/{n}?utm_source=tw&utm_medium=social" for d in ("www.a.example", "b.example.org")
+             for s in ("news", "video") for n in (1, 22)}
+    assert len(urls) > 100
+    for url in urls:
+        assert events_module._canonical_url_fast(url) == events_module._canonical_url_urllib(url), url
