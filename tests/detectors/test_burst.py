@@ -8,6 +8,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -320,3 +321,118 @@ def test_every_alert_of_the_mixed_stream_is_schema_valid() -> None:
     alerts = run(list(mixed_stream()), MIXED)
     assert {a.keys[0] for a in alerts} >= {"hashtag:pushtag", "hashtag:live"}
     assert_valid(alerts)
+
+
+# -- the span test (slow pushes) and the wave test (URLs, posts) ---------------------------
+
+
+def slow_push(rng: np.random.Generator, tag: str, start: float, span: float, n: int) -> list[Event]:
+    """The generator's weak hashtag push: every one of ``n`` accounts posts the tag 1-3 times
+    at uniform times over ``span`` seconds."""
+    out = [
+        ev(start + float(rng.uniform(0, span)), f"w{i}", (tag,), text=f"so true #{tag}")
+        for i in range(n) for _ in range(int(rng.integers(1, 4)))
+    ]  # fmt: skip
+    return sorted(out, key=lambda e: e.ts)
+
+
+def test_a_weak_push_spread_over_30_minutes_is_caught_by_the_span_test() -> None:
+    rng = np.random.default_rng(11)
+    start = T0 + 9 * PANE + 100  # the span test needs min_history_panes panes before its 6
+    weak = slow_push(rng, "slowtag", start, 1800, 25)
+    panes = np.bincount(np.floor([(e.ts - T0) / PANE for e in weak]).astype(int))
+    assert panes.max() < BurstParams().min_count  # no pane of it reaches min_count
+    events = by_ts(background(rng, T0, start + 2400, 1.0), weak)
+    alerts = run(events)
+    assert_valid(alerts)
+    [a] = [a for a in alerts if a.keys == ("hashtag:slowtag",)]  # one alert: the span test fires once per span
+    e = a.evidence
+    cross = next(i for i in range(len(weak)) if i + 1 >= 20 and len({x.account_id for x in weak[: i + 1]}) >= 10)
+    assert (e["test"], a.status, e["count"], e["critical_count"]) == ("span", "open", cross + 1, cross + 1)
+    assert e["expected"] == 6 * 0.5  # span_panes x the prior: the tag is new
+    assert e["detected_at"] == weak[cross].ts
+    assert e["distinct_accounts"] == a.account_count == len({x.account_id for x in weak[: cross + 1]})
+    assert sum(e["span_counts"]) == cross + 1 and len(e["span_counts"]) == 6
+    assert e["span"]["end"] == e["pane"]["end"] and e["span"]["start"] == e["pane"]["end"] - 6 * PANE
+    assert a.window_start == math.floor(weak[0].ts / PANE) * PANE  # from the push's first pane
+    assert [s["event_id"] for s in e["sample_posts"]] == [x.event_id for x in weak[:5]]
+    # one pane at a time it is invisible
+    assert not [a for a in run(events, BurstParams(span_panes=1)) if a.keys == ("hashtag:slowtag",)]
+
+
+def test_a_drifting_organic_hashtag_does_not_pass_the_span_ratio() -> None:
+    """A tag tripling its rate (2 -> 6 posts per pane) is a Poisson outlier over 30 minutes,
+    but daily rhythms do that; the span test also needs span_min_ratio (5) x expected."""
+    rng = np.random.default_rng(12)
+    end = T0 + 6000
+    calm = [ev(t, f"d{i}", ("drift",)) for i, t in enumerate(np.arange(T0, T0 + 3600, 150.0).tolist())]
+    busy = [ev(t, f"b{i}", ("drift",)) for i, t in enumerate(np.arange(T0 + 3600, end, 50.0).tolist())]
+    events = by_ts(background(rng, T0, end, 1.0), calm, busy)
+    assert not [a for a in run(events) if a.keys == ("hashtag:drift",)]
+    loose = [a for a in run(events, BurstParams(span_min_ratio=1)) if a.keys == ("hashtag:drift",)]
+    assert loose and loose[0].evidence["test"] == "span"
+    assert loose[0].evidence["count"] < 5 * loose[0].evidence["expected"]
+
+
+def test_url_bursts_must_come_as_a_wave() -> None:
+    """40 shares of a URL over 273 s (never 20 within 120 s) is organic popularity; 25
+    within 36 s is a wave. Counted over the whole pane, both would alert."""
+    rng = np.random.default_rng(13)
+    start = T0 + WARM
+    slow = [ev(start + 7.0 * i, f"s{i}", urls=["https://slow.example/a"]) for i in range(40)]
+    fast = [ev(start + 1 + 1.5 * i, f"f{i}", urls=["https://fast.example/b"]) for i in range(25)]
+    events = by_ts(background(rng, T0, start + PANE, 1.0), slow, fast)
+    alerts = run(events)
+    assert_valid(alerts)
+    [a] = [a for a in alerts if a.keys[0].startswith("url:")]
+    e = a.evidence
+    assert a.keys == ("url:https://fast.example/b",)
+    assert (e["test"], e["count"], e["critical_count"], e["pane_count"]) == ("wave", 20, 20, 20)
+    assert e["wave"] == {"start": fast[19].ts - 120.0, "end": fast[19].ts} and e["detected_at"] == fast[19].ts
+    assert e["distinct_accounts"] == 20
+    plain = {a.keys[0] for a in run(events, BurstParams(wave_kinds=[]))}
+    assert {"url:https://slow.example/a", "url:https://fast.example/b"} <= plain
+
+
+def test_domains_are_opt_in() -> None:
+    assert "domain" not in BurstParams().key_kinds
+
+
+@functools.cache
+def span_stream() -> tuple[Event, ...]:
+    """A slow push, URL waves, a live spike and late re-sends over 2 h 20 min, all key kinds."""
+    rng = np.random.default_rng(14)
+    end = T0 + 8400
+    bg = background(rng, T0, end, 2.0)
+    weak = slow_push(rng, "slowtag", T0 + 9 * PANE + 100, 1800, 25)
+    waves = [
+        ev(t0 + float(rng.uniform(0, 30)), f"r{i}", urls=[f"https://ring.example/{w}"], object_id=f"post{w}")
+        for w, t0 in enumerate([T0 + 4000, T0 + 5500, T0 + 6900]) for i in range(30)
+    ]  # fmt: skip
+    spike = [ev(T0 + 6000 + 1800 * float(rng.beta(1.3, 3.0)), f"l{i}", ("live",)) for i in range(300)]
+    return tuple(_interleave(by_ts(bg, weak, waves, spike), 89))
+
+
+def test_span_and_wave_alerts_do_not_depend_on_batching_or_restarts() -> None:
+    events = list(span_stream())
+    runs = [[a.to_json() for a in run(events, MIXED, batch=b)] for b in (1, 13, len(events))]
+    tests = {orjson.loads(x)["evidence"]["test"] for x in runs[0]}
+    assert tests == {"pane", "span", "wave"}
+    assert runs[0] == runs[1] == runs[2]
+    for cut in (0.3, 0.45, 0.6):  # the push is under way at 0.3-0.45: the span's panes are state
+        k = int(len(events) * cut)
+        det = BurstDetector(MIXED)
+        first = det.process(events[:k])
+        snap = det.snapshot()
+        again = BurstDetector.restore(MIXED, snap)
+        assert again.snapshot() == snap
+        second = again.process(events[k:]) + again.advance(math.inf)
+        assert [a.to_json() for a in first + second] == runs[2]
+
+
+def test_span_and_wave_parameters_are_validated() -> None:
+    with pytest.raises(ValueError, match="span_panes"):
+        BurstParams(span_panes=10)  # 10 + min_history_panes 3 > the window's 12 panes
+    with pytest.raises(ValueError, match="wave_s"):
+        BurstParams(wave_s=400)
+    assert BurstParams(span_panes=9).span_panes == 9

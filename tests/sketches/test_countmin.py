@@ -346,3 +346,47 @@ def test_same_input_gives_identical_bytes_in_separate_processes():
     with redirect_stdout(buf):
         exec(_BUILD, {})
     assert len(outs[0]) == 64 and outs[0] == outs[1] == buf.getvalue().strip()
+
+
+def test_sliding_conservative_panes_equal_a_conservative_sketch_per_pane():
+    """Each pane of the sliding sketch is cell for cell the conservative count-min of that
+    pane's batches (one update per pane and batch, as burst detection does)."""
+    rng = np.random.default_rng(21)
+    sk = SlidingCountMin(10, 40, 0.05, 0.05, seed=9, conservative=True)  # width 64: many collisions
+    per_pane = {p: CountMinSketch(0.05, 0.05, seed=9, conservative=True) for p in range(4)}
+    for p in range(4):
+        for _ in range(3):
+            ids = rng.integers(0, 300, 200)
+            keys = keys_of(np.unique(ids)) if p % 2 else keys_of(ids)  # distinct+sorted hashes or not
+            counts = rng.integers(1, 4, keys.size)
+            sk.update(keys, np.full(keys.size, 10.0 * p + 5), counts)
+            per_pane[p].update(keys, counts)
+    panes, window_sum, _, _ = sk._arrays()
+    for p in range(4):
+        assert np.array_equal(panes[p % 4], per_pane[p].table.astype(np.uint32))
+    assert np.array_equal(window_sum, sum(per_pane[p].table for p in range(4)))
+
+
+def test_window_sum_is_rebuilt_after_every_change():
+    """query() (the window sum) always equals the sum of the per-pane estimates, through
+    updates, expiry, advance, merge and a bytes round trip."""
+    rng = np.random.default_rng(22)
+    ids = keys_of(np.arange(50))
+
+    def check(sk: SlidingCountMin) -> None:
+        assert np.array_equal(sk.query(ids), sk.query_panes(ids).sum(axis=1))
+
+    for conservative in (False, True):
+        sk = SlidingCountMin(10, 30, 0.01, 0.01, seed=2, conservative=conservative)
+        other = SlidingCountMin(10, 30, 0.01, 0.01, seed=2, conservative=conservative)
+        for t in range(0, 120, 7):
+            sk.update(ids[rng.integers(0, 50, 30)], np.full(30, float(t)))
+            check(sk)
+            other.update(ids[rng.integers(0, 50, 10)], np.full(10, float(t) + 3))
+        sk.advance(125.0)
+        check(sk)
+        sk.merge(other)
+        check(sk)
+        check(SlidingCountMin.from_bytes(sk.to_bytes()))
+        sk.advance(1000.0)
+        assert not sk.query(ids).any()
