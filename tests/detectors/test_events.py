@@ -1,6 +1,8 @@
 """Event contract: every rejection reason, normalisation and extraction, envelopes, derived
 ids (stable across processes), round-trips, the real coord_eval datasets, and a fuzz test
-that the parser never raises. The fast canonical_url is checked against urllib."""
+that the parser never raises. The fast paths are checked against their references: the
+string-method canonical_url against urllib, parse_messages against parse_message message
+by message."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from detectors.events import (
     event_to_json,
     parse_event,
     parse_message,
+    parse_messages,
     parse_obj,
     url_domain,
 )
@@ -462,3 +465,65 @@ def test_canonical_url_fast_path_on_real_urls():
     assert len(urls) > 100
     for url in urls:
         assert events_module._canonical_url_fast(url) == events_module._canonical_url_urllib(url), url
+
+
+valid_lines = valid_dicts.map(orjson.dumps)
+messages = st.one_of(
+    valid_lines,
+    valid_lines,
+    contract_dicts.map(orjson.dumps),
+    st.lists(valid_dicts | contract_dicts | json_values, max_size=4).map(orjson.dumps),  # envelopes, [] too
+    json_values.map(orjson.dumps),
+    st.binary(max_size=40),
+    st.sampled_from([b"", b"  ", b"\t", b'{"ts": 1,', b"\xff", b'{"ts": 1, "text": "\xff"}', b"[]", b"null",
+                     b'{"ts":1,"account_id":"a","action":"post","x":' + b"[" * 300 + b"]" * 300 + b"}"]),
+)
+
+
+def _one_by_one(msgs: list[bytes], max_bytes: int) -> tuple[list[Event], list[tuple[int, Rejection]]]:
+    events: list[Event] = []
+    rejected: list[tuple[int, Rejection]] = []
+    for i, m in enumerate(msgs):
+        for item in parse_message(m, max_bytes):
+            if isinstance(item, Rejection):
+                rejected.append((i, item))
+            else:
+                events.append(item)
+    return events, rejected
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.lists(messages, max_size=12), st.sampled_from([MAX_EVENT_BYTES, 60]))
+def test_parse_messages_equals_parse_message_one_by_one(msgs: list[bytes], max_bytes: int):
+    """Same events (derived ids included), same rejections with their message's position."""
+    assert parse_messages(msgs, max_bytes) == _one_by_one(msgs, max_bytes)
+
+
+def test_parse_messages_one_bad_line_among_good_ones():
+    lines = [with_(event_id=f"e{i}", text=f"#t{i} https://x.example/{i}?utm_a=1") for i in range(50)]
+    lines[17] = b'{"ts": 1631900000, "account_id": "a",'
+    lines[30] = with_(ts="yesterday")
+    lines[31] = with_(event_id=None, text="derived")
+    events, rejected = parse_messages(lines)
+    assert [(i, r.reason, r.raw) for i, r in rejected] == [(17, "not_json", lines[17]), (30, "bad_ts", lines[30])]
+    assert events == [parse_event(x) for j, x in enumerate(lines) if j not in (17, 30)]
+    assert events[29].event_id == parse_event(lines[31]).event_id and events[29].event_id.startswith("d:")
+    assert events[0].urls == ("https://x.example/0",) and events[0].hashtags == ("t0",)
+
+
+def test_envelope_rejection_raw_is_the_element_as_sent():
+    """Elements are consumed into their events; a rejected one is re-serialised as it came."""
+    bad = {"ts": 1631900000, "account_id": "a", "action": "post", "text": "t", "url": "u", "object_id": 2.5, "k": 1}
+    raw = orjson.dumps([bad, BASE, {**bad, "event_id": None, "hashtags": "x"}])
+    out = parse_message(raw)
+    assert [(r.reason, r.index, r.raw) for r in out if isinstance(r, Rejection)] == [
+        ("bad_type:object_id", 0, orjson.dumps(bad)),
+        ("bad_type:hashtags", 2, orjson.dumps({**bad, "event_id": None, "hashtags": "x"})),
+    ]
+
+
+def test_derived_id_of_a_non_serialisable_dict_is_checked_after_the_fields():
+    assert parse_obj({"ts": "x", "account_id": "a", "action": "post", "s": {1}}).reason == "bad_ts"
+    deep = b'{"ts":1,"account_id":"a","action":"post","x":' + b"[" * 300 + b"]" * 300 + b"}"
+    assert parse_event(deep).reason == "not_json"  # orjson.dumps nests at most 255 deep
+    assert isinstance(parse_event(deep[:-1] + b',"event_id":"e"}'), Event)
