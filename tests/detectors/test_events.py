@@ -2,12 +2,13 @@
 ids (stable across processes), round-trips, the real coord_eval datasets, and a fuzz test
 that the parser never raises. The fast paths are checked against their references: the
 string-method canonical_url against urllib, parse_messages against parse_message message
-by message."""
+by message, and replay's block reader against reading line by line."""
 
 from __future__ import annotations
 
 import ast
 import gzip
+import io
 import itertools
 import os
 import re
@@ -33,6 +34,7 @@ from detectors.events import (
     parse_obj,
     url_domain,
 )
+from detectors.replay import ReplaySummary, _batches, open_events
 from sketches.hashing import hash_string
 
 REPO = Path(__file__).resolve().parents[2]
@@ -527,3 +529,70 @@ def test_derived_id_of_a_non_serialisable_dict_is_checked_after_the_fields():
     deep = b'{"ts":1,"account_id":"a","action":"post","x":' + b"[" * 300 + b"]" * 300 + b"}"
     assert parse_event(deep).reason == "not_json"  # orjson.dumps nests at most 255 deep
     assert isinstance(parse_event(deep[:-1] + b',"event_id":"e"}'), Event)
+
+
+# --- replay reads blocks: the same as line by line ------------------------------------------
+
+
+def _replay_reference(data: bytes, max_bytes: int) -> tuple[list[Event], list[bytes], int]:
+    """What replay gave when it parsed ``for line in file`` one line at a time."""
+    events: list[Event] = []
+    rejects: list[bytes] = []
+    number = 0
+    for number, line in enumerate(io.BytesIO(data), 1):
+        if not line.strip():
+            continue
+        for item in parse_message(line.rstrip(b"\r\n"), max_bytes):
+            if isinstance(item, Rejection):
+                rejects.append(orjson.dumps([number, item.index, item.reason, item.detail, item.raw.decode("utf-8", "backslashreplace")]))
+            else:
+                events.append(item)
+    return events, rejects, number
+
+
+def _replay_blocks(stream: io.BufferedIOBase, size: int, max_bytes: int, block: int) -> tuple[list[Event], list[bytes], ReplaySummary]:
+    summary = ReplaySummary()
+    out = io.BytesIO()
+    batches = list(_batches(stream, size, max_bytes, summary, out, block_bytes=block))  # type: ignore[arg-type]
+    assert all(len(b) == size for b in batches[:-1]) and all(0 < len(b) <= size for b in batches[-1:])
+    rejects = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    rows = [orjson.dumps([r["line"], r["index"], r["reason"], r["detail"], r["raw"]]) for r in rejects]
+    assert summary.events == sum(map(len, batches)) and sum(summary.rejected.values()) == len(rows)
+    return [e for b in batches for e in b], rows, summary
+
+
+line_pool = st.one_of(
+    valid_lines,
+    messages,
+    st.sampled_from([b"", b" ", b"\r", b"\t \x0b", b'{"a": 1}\r{"b": 2}', b'{"ts":1631900000,"account_id":"a","action":"post"}\r\r']),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(line_pool, st.sampled_from([b"\n", b"\r\n"])), max_size=15),
+    st.booleans(),
+    st.sampled_from([1, 7, 64, 1 << 22]),
+    st.sampled_from([1, 3, 10_000]),
+    st.sampled_from([MAX_EVENT_BYTES, 50]),
+)
+def test_replay_blocks_equal_line_by_line(lines, final_newline, block, size, max_bytes):
+    """Events, rejects (line numbers, index, reason, detail, raw) and the line count, for lines
+    across block edges, CRLF, blank lines and a last line without newline."""
+    data = b"".join(line + end for line, end in lines)
+    if lines and not final_newline:
+        data = data[: -len(lines[-1][1])]
+    events, rejects, summary = _replay_blocks(io.BytesIO(data), size, max_bytes, block)
+    ref_events, ref_rejects, ref_lines = _replay_reference(data, max_bytes)
+    assert (events, rejects, summary.lines) == (ref_events, ref_rejects, ref_lines)
+
+
+def test_replay_blocks_gzip_with_two_members(tmp_path: Path):
+    lines = [with_(event_id=f"e{i}") for i in range(3000)] + [b"", b"oops", with_(action="X")]
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(data[:20_000]) + gzip.compress(data[20_000:]))
+    with open_events(path) as stream:
+        events, rejects, summary = _replay_blocks(stream, 1000, MAX_EVENT_BYTES, 4096)
+    assert (events, rejects, summary.lines) == _replay_reference(data, MAX_EVENT_BYTES)
+    assert [orjson.loads(r)[:3] for r in rejects] == [[3002, None, "not_json"], [3003, None, "bad_value:action"]]
