@@ -136,6 +136,15 @@ class NearDuplicateParams(Section):
     min_repeat_share: float = Field(
         0.3, gt=0, le=1, description="or the cluster alerts when this share of its accounts also posted near-duplicates in an earlier wave"
     )
+    min_link_accounts: int = Field(
+        2,
+        ge=1,
+        description="a cluster is linked to an earlier one within repeat_memory_s (and counts its accounts) once this "
+        "many accounts posted in both ...",
+    )
+    min_link_share: float = Field(
+        0.25, gt=0, le=1, description="... and they are at least this share of the earlier cluster's own accounts"
+    )
     update_growth: float = Field(
         0.2, gt=0, description="an alerted cluster is re-sent (revision + 1) once its accounts not yet alerted reach this share of those alerted"
     )
@@ -144,7 +153,7 @@ class NearDuplicateParams(Section):
     )
     lsh_rows: int | None = Field(None, ge=1, description="LSH rows per band; unset = chosen from threshold (set with lsh_bands)")
     max_lsh_bands: int = Field(
-        10, ge=1, description="cap on the bands chosen from threshold: each band costs ~1.3 us per text; rows keep their chosen value"
+        10, ge=1, description="cap on the bands chosen from threshold: each band costs rows MinHash columns per text; rows keep their chosen value"
     )
     max_bucket_candidates: int = Field(
         16, ge=1, description="a new text is compared with at most this many most recent texts of each LSH bucket it shares"

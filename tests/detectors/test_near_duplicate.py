@@ -238,3 +238,60 @@ def test_signatures_completed_on_demand_are_datasketchs_full_signatures():
         cols = det._band_perms
         expected = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values[:, :cols]
         assert np.array_equal(det._sig[np.array(band, dtype=np.int64) % det._has.size, :cols], expected)
+
+
+# -- linked waves: a campaign whose waves are each too small --------------------------
+THIRD = (
+    "they raised the water bills again this winter while the reservoir company paid record "
+    "dividends to its owners ask your mayor why nobody stopped it"
+)
+
+
+def weak_campaign() -> tuple[list[Event], list[list[str]]]:
+    """Seven accounts, three waves of four over 4 h (each a different text, 3.5 edits per
+    copy), more than a window apart: no wave has min_accounts accounts."""
+    waves = [["w1", "w2", "w3", "w4"], ["w2", "w3", "w5", "w6"], ["w1", "w3", "w6", "w7"]]
+    texts = [TEMPLATE, OTHER, THIRD]
+    events = [e for k, who in enumerate(waves) for e in wave(texts[k], who, 5000 * k, 900, seed=20 + k, edits=2)]
+    return ordered(events, background(0, 12_000, 0.2, 7)), waves
+
+
+def test_weak_waves_too_small_alone_alert_through_links_with_the_earlier_waves_accounts():
+    events, waves = weak_campaign()
+    everyone = {a for w in waves for a in w}
+    alerts = run(events)
+    assert alerts and flagged(alerts) == everyone
+    assert min(a.window_start for a in alerts) >= 5000  # not on the first wave
+    last = alerts[-1].evidence
+    assert last["linked_waves"] and last["remembered_accounts"] >= 1
+    assert run(events, min_link_accounts=100) == []  # each wave alone is below min_accounts
+    assert [a.to_json() for a in run(events, batch=3)] == [a.to_json() for a in alerts]
+
+
+def test_a_meme_that_campaign_members_also_post_is_not_linked_in():
+    events, waves = weak_campaign()
+    rng = np.random.default_rng(3)
+    posters = [f"meme{k}" for k in range(150)] + ["w2", "w3", "w6"]  # three members post the meme too
+    meme = [
+        ev(6000 + 4 * 3600 * float(x), a, edit(
+            "the new bridge downtown looks amazing at night with all the lights on share your photos",
+            random.Random(k), 1))
+        for k, (a, x) in enumerate(zip(posters, rng.beta(1.6, 2.0, len(posters))))
+    ]
+    alerts = run(ordered(events, meme))
+    assert not any(a.startswith("meme") for a in flagged(alerts))
+    assert flagged(alerts) >= {a for w in waves for a in w} - {"w4"}
+
+
+def test_snapshot_restore_keeps_links_and_expired_clusters():
+    events, _ = weak_campaign()
+    params = NearDuplicateParams()
+    straight = [a.to_json() for a in run(events)]
+    for cut in (len(events) // 3, len(events) // 2, 3 * len(events) // 4):
+        det = NearDuplicateDetector(params)
+        out = det.process(events[:cut])
+        data = det.snapshot()
+        resumed = NearDuplicateDetector.restore(params, data)
+        assert resumed.snapshot() == data
+        out += resumed.process(events[cut:]) + resumed.advance(math.inf)
+        assert [a.to_json() for a in out] == straight
