@@ -133,7 +133,7 @@ class _Level(NamedTuple):
 
 
 _EMPTY = _Level(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
-_MAX_RUNS = 6  # more runs than this: the two adjacent ones with the fewest entries merge
+_MAX_RUNS = 6  # more runs than this: merged as a binary counter (see BandIndex._add_run)
 
 
 def _scan(
@@ -179,8 +179,9 @@ class BandIndex:
     docstring), computed a batch at a time.
 
     Each batch's entries, sorted by (key, seq), form a run; a run is dropped once its
-    newest item has expired, and when there are more than ``_MAX_RUNS`` (small batches:
-    a stream worker's) the two adjacent runs with the fewest entries merge. A table of
+    newest item has expired, and beyond ``_MAX_RUNS`` runs (small batches: a stream
+    worker's) the newest merges into the one before while it is at least half its size,
+    so there are O(log(window / batch)) runs and each entry is merged O(log) times. A table of
     entry counts per key slot (top bits of the key) says which new entries may share a
     key with a run at all: only those (~7 % of a replay batch, most of them slot
     collisions) are looked up in the runs. Merging every batch into one sorted array
@@ -294,14 +295,15 @@ class BandIndex:
     def _add_run(self, run: _Level, newest_seq: int) -> None:
         self._runs.append((run, newest_seq))
         self._count_run(run, 1)
-        while len(self._runs) > _MAX_RUNS:
-            sizes = [r.key.size for r, _ in self._runs]
-            i = min(range(len(sizes) - 1), key=lambda k: sizes[k] + sizes[k + 1])
-            (older, _), (newer, last) = self._runs[i], self._runs[i + 1]
+        # Beyond _MAX_RUNS, merge the newest run into the one before while it has at least
+        # half as many entries (a binary counter): small batches cost O(log) merges per entry.
+        runs = self._runs
+        while len(runs) > _MAX_RUNS and 2 * runs[-1][0].key.size >= runs[-2][0].key.size:
+            (older, _), (newer, last) = runs[-2], runs[-1]
             merged = older.merge(*newer).alive(self.head)
             self._count_run(older, -1)
             self._count_run(newer, -1)
-            self._runs[i : i + 2] = [(merged, last)]
+            runs[-2:] = [(merged, last)]
             self._count_run(merged, 1)
         if self._entries > 2 * self.bands * len(self) + 4096:  # dead entries outnumber live ones
             for k, (r, last) in enumerate(self._runs):
