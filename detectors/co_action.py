@@ -1,178 +1,118 @@
 """co_action: accounts that act on the same objects within seconds of each other, again and again.
 
-**Pairs.** Every action on an object (a URL, a retweeted/liked/replied post = ``object_id``,
-a hashtag, a domain; config ``object_fields``, optionally only some ``object_types``) is kept
-in a per-object buffer for ``pair_window_s + allowed_lateness_s`` of event time. A new
-action pairs with every buffered action of *another* account on the object whose time is
-within ``pair_window_s`` of its own (``|dt| <= pair_window_s``, either direction, so late
-events pair exactly like on-time ones). Time is continuous: two shares 1 s apart pair
-wherever they fall, there are no bins.
+**Actions.** Every event acts on objects (a URL, a retweeted/liked/replied post = ``object_id``,
+a hashtag, a domain; config ``object_fields``, optionally only some ``object_types``): one
+*action* per (event, object), numbered in sequence order. Accounts (per object type when
+``participation_scope = "object_type"``) and objects are seeded 64-bit hashes (objects are never
+stored as strings); accounts are interned to small ids, recycled when idle.
 
-**Weights** accumulate over a sliding ``memory_s``; a co-action is forgotten ``memory_s``
-after it was seen (seen = the watermark when it paired, which never decreases, so the
-expiry queue is a FIFO). ``weight_mode``:
+**Pairs** (:mod:`detectors.pairing`, vectorised over a batch): a new action pairs with an earlier
+action of another account on the same object whose time is within ``pair_window_s`` of its own,
+either way; with ``max_fanout = k > 0`` only with the latest action of each of the k accounts
+that acted on the object most recently. A viral object shared by n unrelated accounts in one
+window would make n^2/2 pairs; with the fan-out it makes at most k n, O(k) time and memory per
+object. That keeps viral objects harmless without hiding rings: a pair's weight grows about once
+per *object* the two co-share, and a viral object pairs each sharer with the k people who shared
+just before it, a different crowd on every viral object, so a chance pair meets again only by
+chance; a ring's members share each object within seconds, so they are each other's latest
+sharers object after object. ``max_fanout = 0`` pairs everything (the peers' semantics).
 
-* ``share_pairs``: weight = number of share pairs of the two accounts (CooRTweet);
-* ``distinct_contents``: weight u->v = number of distinct posts of u (``content_id``, else
-  the event id) that have a co-share by v; the pair weighs max(u->v, v->u)
-  (coordination-network-toolkit).
+**Weights** (:mod:`detectors.co_weights`) accumulate over a sliding ``memory_s``: a pair is
+forgotten ``memory_s`` after it was seen (the watermark at its newer action, so expiry is a
+FIFO). ``weight_mode``: ``share_pairs`` = the number of share pairs of the two accounts
+(CooRTweet); ``distinct_contents`` = max over the two directions of the distinct posts of one
+with a co-share by the other (coordination-network-toolkit). ``min_participation`` (CooRTweet's)
+optionally gates pairs on both accounts' activity.
 
-State expires with event time: buffers and posts after ``pair_window_s +
-allowed_lateness_s``, co-actions and participation counts after ``memory_s``; idle
-accounts' ids are recycled. Memory follows the activity of the last ``memory_s``, not the
-length of the stream.
+**Edges: weight and chance.** Heavy users co-share popular objects by chance: on the generator's
+organic traffic, pairs of heavy accounts reach weight 4-6 in six hours and formed the false
+groups of the earlier weight-only rule (precision 0.91). So a pair is an edge of the alert graph
+only if its weight ``w >= min_weight`` (and, with ``edge_weight_quantile``, strictly above that
+quantile of all weights, as CooRTweet) and ``w`` is improbable by chance: ``P(X >= w) <=
+max_p_value`` for ``X ~ Poisson(λ)``, ``λ = n_a n_b ρ``, where ``n`` is an account's object
+actions in memory and ``ρ = 2 P / (N^2 - Σ n^2)`` the stream's chance rate (P live pairs, N
+actions): the expected co-actions of two accounts acting independently at their rates. The tail
+is bounded above in closed form (``pmf(w) / (1 - λ/(w+1))``, exact to a small factor where it
+matters), so the test is vectorised over all candidate pairs at every evaluation. Measured on the
+seed-0 generator stream at 12 h: of the pairs with ``w >= 2``, 5,571 campaign pairs and 5 organic
+ones have ``P <= 1e-7``, 5,433 and 0 at ``1e-8`` (against 5,062 and 17 for ``w >= 4`` alone).
+``max_p_value = 1`` turns the test off (the peers' presets).
 
-``min_participation`` (CooRTweet's): a pair counts only if both accounts made at least that
-many object actions in memory and one of them made that many in co-actions with such
-accounts (rows of posts that paired). ``participation_scope = "object_type"`` counts this,
-and the pair weights it gates, per object type.
+**Groups.** Event time is cut at multiples of ``eval_interval_s``; when the watermark crosses
+one, the pairs and actions before the crossing event are in, expired ones out, and the graph is
+updated where something changed (evaluations with nothing to do are skipped: they change
+nothing). Connected groups are kept in a union-find; one is examined when it is new with at
+least ``min_group_size`` accounts or has grown by ``update_growth_fraction`` since it was last
+examined (edge removals rebuild the union-find over the alert graph). Components above
+``split_above_accounts`` are split into Louvain communities (networkx, seed 7). A group is
+matched to the live known group most of its members belong to; otherwise it is new and its id is
+``stable_id("ca-", smallest account, floor(window start / memory_s))``, fixed for its life. A new
+group raises ``open`` (revision 0); a known one ``update`` (revision + 1) once it has
+``update_growth_fraction`` more members than at its last alert. A group not examined for
+``memory_s`` is forgotten.
 
-**Fan-out.** A viral object shared by n unrelated accounts inside one window would make
-n^2/2 pairs. With ``max_fanout = k > 0`` the buffer keeps one action (the latest) of at
-most k distinct accounts, so a new action pairs with at most the k most recent accounts:
-O(k) time and memory per object, O(k n) pairs overall. This keeps viral objects harmless
-without hiding rings: a pair's weight grows about once per *object* the two co-share, and a
-viral object pairs each sharer with the k random people who shared just before it, a
-different crowd for every viral object, so one random pair meets again on other objects
-only by chance and stays far below ``min_weight``. A ring's members share each object
-within seconds of each other, so they are each other's most recent sharers on object after
-object and their weights climb with every one. ``max_fanout = 0`` pairs everything (the
-peers' batch semantics, used for parity).
+**Alert.** ``accounts``: most central first (weighted degree inside the group, then id), capped
+at ``max_alert_accounts``; ``score`` = mean edge weight x log2(size); ``window``: first to last
+live co-action on the group's edges; ``keys``: the objects most members co-shared on them;
+evidence ``edges`` (heaviest pairs with median and min time delta of their last 15 co-actions),
+``top_objects``, ``sample_posts`` (each central member's latest co-action), ``min_edge_weight``.
+Evidence is read from the live pairs when an alert is made, so nothing is kept per pair for it.
 
-**Groups.** Pairs whose weight is at least ``min_weight`` and (if ``edge_weight_quantile``
-is set) strictly above that quantile (R type 7, as CooRTweet) of all current pair weights
-form the graph. Event time is cut at multiples of ``eval_interval_s``; when the watermark
-crosses one, the graph is updated (only edges whose weight or participation changed) and
-connected groups are examined, before the event that crossed it is handled. Components
-are kept in a union-find; one is examined when it is new with at least ``min_group_size``
-accounts or has grown by ``update_growth_fraction`` since it was last examined (edge
-removals rebuild the union-find). Components above ``split_above_accounts`` are split into
-Louvain communities (networkx, seed 7). A group is matched to the known group most of its
-members belong to; otherwise it is new and its id is ``stable_id("ca-", smallest
-account, floor(window start / memory_s))``, fixed for its life, so growth never renames
-it. A new group raises ``open`` (revision 0); a known one ``update`` (revision + 1) once it
-has ``update_growth_fraction`` (20 %) more members than at its last alert. A group not
-examined for ``memory_s`` is forgotten.
+**Peer quirks** (``streams/presets/coortweet.toml``, ``cnt.toml``; checked edge for edge in
+``tests/detectors/test_peer_parity.py``): CooRTweet counts ``min_participation`` rows per input
+table and was run once per object type (``participation_scope = "object_type"``); a post with two
+objects is two rows; self pairs and same-post pairs are dropped. coordination-network-toolkit
+keeps one ``repost_id`` per retweet (``one_object_actions = ["retweet"]``: an action of such an
+event counts only if its post, ``content_id`` and account, had no action in the last
+``pair_window_s + allowed_lateness_s``); its co-link messages are posts with all their URLs
+(``distinct_contents`` counts a post once).
 
-**Alert.** ``accounts``: most central first (weighted degree inside the group, then id),
-capped at ``max_alert_accounts``; ``score`` = mean edge weight x log2(size) (higher = more
-co-actions per pair, in a larger group); ``window``: first to last co-action of the
-group's edges; ``keys``: the objects most members co-shared (from the last 8 co-actions
-kept per account); evidence ``edges`` (heaviest pairs with median and min time delta of
-their last 15 co-actions), ``top_objects``, ``sample_posts``, ``min_edge_weight``.
+:meth:`CoActionDetector.weighted_edges` reads the network (as of the last evaluation;
+``advance(math.inf)`` evaluates at the last event).
 
-**Peer quirks** (``streams/presets/coortweet.toml``, ``cnt.toml``; checked exactly in
-``tests/detectors/test_peer_parity.py``):
-
-* CooRTweet counts ``min_participation`` rows per input table, and was run once per object
-  type (url, phash) with the results joined: ``participation_scope = "object_type"``.
-  A post with two objects is two rows (both count toward participation, both can pair);
-  self pairs and same-post pairs are dropped (an account never pairs with itself).
-* coordination-network-toolkit's co-retweet keeps one ``repost_id`` per message, so the
-  converter dropped a retweet's second object: ``one_object_actions = ["retweet"]``. Its
-  co-link messages are posts with all their URLs: ``distinct_contents`` counts a post once
-  however many of its objects are co-shared. Loops are not exported; pairs are collapsed
-  to max(u->v, v->u).
-* Duplicate rows (one in russian_coord_tweets) are already gone from the JSONL, which has
-  unique event ids; the peers' outputs with and without it are identical.
-
-:meth:`CoActionDetector.weighted_edges` reads the current weighted graph (as of the last
-evaluation; ``advance(math.inf)`` evaluates at the last event).
-
-**Cost.** Accounts (per object type when scoped) are interned to ints, pair keys are ints
-``p << 32 | q``; an event costs a few dict operations and a scan of its object's buffer, a
-pair about ten more, and graph work happens only at ticks, only where something changed.
-Measured on one core, pre-parsed events, CPU time: russian_coord_tweets (35 k retweets)
-0.19 s with the default config (~185 k events/s); ten time-shifted copies (351 k events)
-1.9 s default, 2.6 s ``coortweet``, 1.9 s ``cnt``. cProfile (default config): the per-event
-loop ~45 %, dropping expired buffers, posts and participants ~15 %, reading the objects of
-an event ~15 %, pairing, expiry and graph updates the rest.
+**Cost.** Python work per event is reading its objects; per pair one dict operation when added
+and one when expired (:class:`~detectors.co_weights.Counting`); everything else is numpy over a
+batch, or happens at evaluations where something changed. Memory follows the last ``memory_s``
+of pairs and actions, not the stream's length.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter, deque
-from collections.abc import Sequence
-from operator import attrgetter
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 import numpy as np
 
+from detectors.alert_graph import AlertGraph
 from detectors.base import Alert, Detector, stable_id
+from detectors.co_weights import Counting, Links, Weights, pair_key
 from detectors.events import Event
+from detectors.pairing import Pairer
 from detectors.params import CoActionParams
+from sketches.hashing import hash_strings, hash_u64
 
 LOUVAIN_SEED = 7
-SAMPLES = 8  # recent co-actions kept per participant (evidence: objects, sample posts)
-DELTAS = 15  # recent co-action time deltas kept per pair (evidence: median, min)
+DELTAS = 15  # recent co-action time deltas per pair in the evidence (median, min)
 TOP = 10  # edges and objects listed in evidence and keys
 SAMPLE_POSTS = 5
+#: A sweep (freeing idle ids, old actions, posts and groups) costs about the state's size, so it
+#: waits for this many actions as well as 4 x keep_s of event time: sparse streams with months
+#: between bursts would otherwise sweep an empty state thousands of times.
+SWEEP_ACTIONS = 4096
 _LOW = (1 << 32) - 1
-Sample = tuple[float, str, str]  # (ts, event id, object) of one side of a co-action
-Buffered = tuple[float, int, "_Post", Sample]  # (ts, pid, post, its sample) of an action in an object's buffer
-
-
-class _Post:
-    """One post of one participant: its rows (objects) and live co-action partners."""
-
-    __slots__ = ("key", "partners", "pid", "rows")
-
-    def __init__(self, key: tuple[str, int], pid: int, rows: int = 0) -> None:
-        self.key = key
-        self.pid = pid
-        self.rows = rows
-        self.partners: dict[int, int] | None = None  # partner pid -> live pairs with this post
-
-
-class _Link:
-    """The live co-actions of two participants, one record for both directions: a pair
-    costs one lookup, and expiry reaches it from the pair queue without any."""
-
-    __slots__ = ("counted", "deltas", "dirty", "edge", "first", "key", "last", "n", "p_posts", "q_posts")
-
-    def __init__(self, key: int, first: float, last: float, deltas: list[float]) -> None:
-        self.key = key  # p << 32 | q, p < q
-        self.first, self.last = first, last  # watermarks of its first and latest pair
-        self.deltas = deltas  # |dt| of its latest DELTAS pairs
-        self.n = 0  # live share pairs
-        self.p_posts = self.q_posts = 0  # distinct_contents: posts of p co-shared by q, of q co-shared by p
-        self.counted = 0  # its weight in the graph as of the last evaluation (0 = fails participation)
-        self.edge: _Edge | None = None  # the account pair's graph edge while counted
-        self.dirty = False  # in _dirty_edges
-
-
-class _Edge:
-    """An edge of the account graph, one object for both directions: a weight change is one write."""
-
-    __slots__ = ("a", "b", "w")
-
-    def __init__(self, a: str, b: str) -> None:
-        self.a, self.b, self.w = a, b, 0
-
-
-_KEY = attrgetter("key")
-
-
-def _ukey(p: int, q: int) -> int:
-    return p << 32 | q if p < q else q << 32 | p
+_SEED_ACCOUNT, _SEED_OBJECT, _SEED_POST = 0xC0AC7, 0x0B1EC7, 0x9057
+_OBJECT_ID = -1  # object_fields entry whose kind is the event's object_type
+_NONE = np.empty(0, dtype=np.int64)
 
 
 def _grew(n: int, before: int, fraction: float) -> bool:
     """``n`` is at least ``fraction`` more than ``before`` (with float slack: 10 * 1.2 is 12.000000000000002)."""
     return n >= before * (1 + fraction) - 1e-9
-
-
-def _table(rows: Any, width: int, dtype: type = np.int64) -> np.ndarray:
-    """Rows of numbers as a 2-D array (also when empty)."""
-    return np.array(list(rows), dtype=dtype).reshape(-1, width)
-
-
-def _flat(q: Sequence[Any], width: int) -> np.ndarray:
-    """A flat FIFO of numbers as a 2-D float array, one entry per row."""
-    return np.array(q, dtype=np.float64).reshape(-1, width)
 
 
 def _fin(x: float) -> float | None:
@@ -181,6 +121,11 @@ def _fin(x: float) -> float | None:
 
 def _unfin(x: float | None) -> float:
     return -math.inf if x is None else x
+
+
+def _keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`~detectors.co_weights.pair_key` of id arrays."""
+    return np.minimum(a, b) << 32 | np.maximum(a, b)
 
 
 def quantile7(hist: dict[int, int], q: float) -> float:
@@ -204,562 +149,568 @@ def quantile7(hist: dict[int, int], q: float) -> float:
     return float(x_lo)
 
 
+class _Ids:
+    """Interned ids for 64-bit keys (accounts or participants), names kept, freed ids reused."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, int] = {}
+        self.keys: list[int | None] = []
+        self.names: list[str | None] = []
+        self.free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def intern(self, keys: np.ndarray, name: Callable[[int], str]) -> np.ndarray:
+        """Ids of ``keys`` (a new one is named ``name(i)``, i the index of its first occurrence)."""
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        index, out = self.index, []
+        for k, f in zip(uniq.tolist(), first.tolist()):
+            i = index.get(k)
+            if i is None:
+                if self.free:
+                    i = self.free.pop()
+                    self.keys[i], self.names[i] = k, name(f)
+                else:
+                    i = len(self.keys)
+                    self.keys.append(k)
+                    self.names.append(name(f))
+                index[k] = i
+            out.append(i)
+        return np.array(out, dtype=np.int64)[inverse]
+
+    def release(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            del self.index[self.keys[i]]  # type: ignore[arg-type]
+            self.keys[i] = self.names[i] = None
+            self.free.append(i)
+
+    def state(self) -> dict[str, Any]:
+        return {"keys": self.keys, "names": self.names, "free": self.free}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.keys, self.names, self.free = state["keys"], state["names"], state["free"]
+        self.index = {k: i for i, k in enumerate(self.keys) if k is not None}
+
+
+class _Store:
+    """Time, event id, object and post of the actions live pairs and the pairer may still name,
+    in chunks by position."""
+
+    def __init__(self) -> None:
+        self.bases: list[int] = []
+        self.ts: list[np.ndarray] = []
+        self.eids: list[list[str]] = []
+        self.objs: list[list[str]] = []
+        self.posts: list[np.ndarray] = []
+
+    def add(self, base: int, ts: np.ndarray, eids: list[str], objs: list[str], posts: np.ndarray) -> None:
+        self.bases.append(base)
+        self.ts.append(ts)
+        self.eids.append(eids)
+        self.objs.append(objs)
+        self.posts.append(posts)
+
+    def _locate(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunk = np.searchsorted(np.array(self.bases), refs, side="right") - 1
+        return chunk, refs - np.array(self.bases)[chunk]
+
+    def post(self, refs: np.ndarray) -> np.ndarray:
+        out = np.empty(refs.size, dtype=np.uint64)
+        chunk, at = self._locate(refs)
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            out[sel] = self.posts[c][at[sel]]
+        return out
+
+    def get(self, refs: Sequence[int]) -> list[tuple[float, str, str]]:
+        """(ts, event id, object) of each action."""
+        chunk, at = self._locate(np.asarray(refs, dtype=np.int64))
+        return [(float(self.ts[c][i]), self.eids[c][i], self.objs[c][i]) for c, i in zip(chunk.tolist(), at.tolist())]
+
+    def trim(self, lowest: int) -> None:
+        """Drop chunks holding only positions below ``lowest``."""
+        k = 0
+        while k + 1 < len(self.bases) and self.bases[k + 1] <= lowest:
+            k += 1
+        for col in (self.bases, self.ts, self.eids, self.objs, self.posts):
+            del col[:k]
+
+    def state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        sizes = [len(e) for e in self.eids]
+        head = {"bases": self.bases, "sizes": sizes, "eids": self.eids, "objs": self.objs}
+        cat = lambda xs, d: np.concatenate(xs).astype(d) if xs else np.empty(0, dtype=d)  # noqa: E731
+        return head, [cat(self.ts, np.float64), cat(self.posts, np.uint64)]
+
+    def load(self, head: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        ends = np.cumsum(head["sizes"]).tolist()
+        starts = [e - n for e, n in zip(ends, head["sizes"])]
+        self.bases, self.eids, self.objs = head["bases"], head["eids"], head["objs"]
+        self.ts = [arrays[0][a:b] for a, b in zip(starts, ends)]
+        self.posts = [arrays[1][a:b] for a, b in zip(starts, ends)]
+
+
+_PAIR_COLS = ("seen", "rn", "ro", "pn", "po", "an", "ao", "dt", "sn", "so")
+_PAIR_TYPES = (np.float64, *[np.int64] * 6, np.float64, np.uint64, np.uint64)
+
+
+@dataclass
+class _Seg:
+    """One run of live pairs as Python lists (what :class:`~detectors.co_weights.Weights` reads)."""
+
+    ek: list[int]
+    uk: list[int]
+    pn: list[int]
+    po: list[int]
+    sn: list[int]
+    so: list[int]
+
+
+class _Pairs:
+    """The live pairs, oldest first, in chunks: seen (watermark at the newer action), positions
+    ``rn``/``ro`` of the new and the older action, participants ``pn``/``po``, accounts
+    ``an``/``ao``, ``dt`` = new ts - older ts, posts ``sn``/``so``."""
+
+    def __init__(self) -> None:
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.head = 0  # expired rows at the front of the first chunk
+        self.applied = 0  # rows of the last chunk fed to the weights (earlier chunks: all)
+
+    def __len__(self) -> int:
+        """Live pairs fed to the weights."""
+        if not self.chunks:
+            return 0
+        return sum(len(c["seen"]) for c in self.chunks[:-1]) - self.head + self.applied
+
+    def append(self, cols: dict[str, np.ndarray]) -> None:
+        if len(cols["seen"]):
+            if self.chunks and self.applied < len(self.chunks[-1]["seen"]):
+                raise AssertionError("the previous chunk must be applied first")
+            self.chunks.append(cols)
+            self.applied = 0
+
+    def segment(self, chunk: dict[str, np.ndarray], lo: int, hi: int) -> _Seg:
+        def col(name: str) -> list[int]:
+            return chunk[name][lo:hi].tolist()  # type: ignore[no-any-return]
+
+        ek = _keys(chunk["an"][lo:hi], chunk["ao"][lo:hi]).tolist()
+        uk = _keys(chunk["pn"][lo:hi], chunk["po"][lo:hi]).tolist()
+        return _Seg(ek, uk, col("pn"), col("po"), col("sn"), col("so"))
+
+    def take(self, hi: int) -> _Seg:
+        """Rows ``[applied, hi)`` of the newest chunk, to feed the weights."""
+        seg = self.segment(self.chunks[-1], self.applied, hi)
+        self.applied = hi
+        return seg
+
+    def oldest(self) -> float:
+        """When the oldest live pair was seen (inf if none)."""
+        while self.chunks:
+            c = self.chunks[0]
+            end = self.applied if len(self.chunks) == 1 else len(c["seen"])
+            return float(c["seen"][self.head]) if self.head < end else math.inf
+        return math.inf
+
+    def expire(self, cutoff: float) -> list[_Seg]:
+        """Drop pairs seen before ``cutoff``; the runs dropped."""
+        out = []
+        while self.chunks:
+            c = self.chunks[0]
+            last = len(self.chunks) == 1
+            end = self.applied if last else len(c["seen"])
+            k = self.head + int(np.searchsorted(c["seen"][self.head : end], cutoff))
+            if k > self.head:
+                out.append(self.segment(c, self.head, k))
+                self.head = k
+            if k < len(c["seen"]) or last:
+                break
+            self.chunks.pop(0)
+            self.head = 0
+        return out
+
+    def views(self, *, applied: bool = True) -> list[dict[str, np.ndarray]]:
+        """The live pairs fed to the weights (or also the rest of the batch), chunk by chunk."""
+        last = len(self.chunks) - 1
+        end = self.applied if applied else None
+        return [{k: v[(self.head if i == 0 else 0) : (end if i == last else None)] for k, v in c.items()}
+                for i, c in enumerate(self.chunks)]  # fmt: skip
+
+    def select(self, where: Any) -> dict[str, np.ndarray]:
+        """The live pairs (fed to the weights) for which ``where(chunk)`` is true, one array per column."""
+        parts = [{k: v[m] for k, v in c.items()} for c in self.views() if (m := where(c)).any()]
+        if not parts:
+            return {k: np.empty(0, dtype=d) for k, d in zip(_PAIR_COLS, _PAIR_TYPES)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in _PAIR_COLS}
+
+    def live(self) -> dict[str, np.ndarray]:
+        """Every live pair fed to the weights, one array per column."""
+        return self.select(lambda c: np.ones(len(c["seen"]), dtype=bool))
+
+
 class CoActionDetector(Detector[CoActionParams]):
     NAME = "co_action"
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(self, params: CoActionParams) -> None:
         super().__init__(params)
-        self._keep_s = params.pair_window_s + params.allowed_lateness_s  # how long an action can still pair
-        self._distinct = params.weight_mode == "distinct_contents"
-        self._per_type = params.participation_scope == "object_type"
-        self._types = None if params.object_types is None else frozenset(params.object_types)
-        self._one = frozenset(params.one_object_actions)
-        self._params_json = params.model_dump(mode="json")
-        # participants: an account, or (account, object type) when participation is per type
-        self._pid: dict[Any, int] = {}
-        self._pkey: list[Any] = []  # pid -> intern key, None when free
-        self._pacc: list[str | None] = []  # pid -> account
-        self._plast: list[float] = []  # pid -> watermark at its last action
-        # FIFOs are flat deques, a fixed number of items per entry: no tuple per entry for the
-        # garbage collector to scan again and again
-        self._touch_q: deque[Any] = deque()  # watermark, pid per action: finds idle ones
-        self._idle: list[int] = []  # participants whose last rows or pairs expired: free them if idle
-        self._free: list[int] = []
-        self._kinds: list[str] = []
-        self._kind: dict[str, int] = {}
-        self._bufs: list[dict[str, list[Buffered]]] = []  # kind -> object -> actions
-        self._fields = [(f, -1 if f == "object_id" else self._kind_of(f[:-1])) for f in params.object_fields]
-        self._posts: dict[tuple[str, int], _Post] = {}  # posts that may still get rows
-        self._post_q: deque[Any] = deque()  # watermark, post
-        self._rows: dict[int, int] = {}  # pid -> object actions in memory
-        self._rows_q: deque[Any] = deque()  # watermark, pid per row
-        self._pairs_q: deque[Any] = deque()  # watermark, post, post, link per live share pair
-        self._links: dict[int, _Link] = {}  # ukey -> live link, in order of creation
-        self._adj: dict[int, dict[int, _Link]] = {}  # pid -> partner pid -> link
-        self._partners = self._distinct or params.min_participation > 1  # posts track their partners
-        self._paired: dict[int, dict[_Post, None]] = {}  # pid -> its posts with partners
-        self._samples: dict[int, deque[Sample]] = {}  # pid -> its latest co-actions
-        self._counted: dict[int, _Link] = {}  # ukey -> link with a weight in the graph, in order of entry
-        self._graph: dict[str, dict[str, _Edge]] = {}  # account -> account -> edge
-        self._hist: dict[int, int] = {}  # weight -> account pairs (kept only for edge_weight_quantile)
-        self._cut = params.min_weight  # graph edges weigh at least this
-        self._quantile = params.edge_weight_quantile is not None  # the cut follows the weights
-        self._coord: set[int] = set()  # participants passing the co-action part of min_participation
-        # participants whose posts gained (lost) partners or rows: only they may become (stop being) coordinated
-        self._grown: set[int] = set()
-        self._shrunk: set[int] = set()
-        # participants with pairs whose rows rose to (fell below) min_participation
-        self._rose: set[int] = set()
-        self._fell: set[int] = set()
-        self._dirty_edges: list[_Link] = []  # links whose weight may have changed
-        self._parent: dict[str, str] = {}  # union-find over graph edges
-        self._size: dict[str, int] = {}
-        self._evald: dict[str, int] = {}  # root -> size when last examined
-        self._seen: dict[str, int] = {}  # account -> size of its component when last examined
-        self._stale = False  # an edge left the graph: rebuild the union-find
-        self._reweighed = False  # the weight histogram changed: recompute the cut
+        p = params
+        self._keep_s = p.pair_window_s + p.allowed_lateness_s  # how long an action can still pair
+        self._per_type = p.participation_scope == "object_type"
+        self._types = None if p.object_types is None else frozenset(p.object_types)
+        self._one = frozenset(p.one_object_actions)
+        self._params_json = p.model_dump(mode="json")
+        self._kinds: dict[str, int] = {}
+        self._fields = [(f, _OBJECT_ID if f == "object_id" else self._kind(f[:-1])) for f in p.object_fields]
+        self._pairer = Pairer(p.pair_window_s, self._keep_s, p.max_fanout)
+        self._accounts = _Ids()
+        self._parts = _Ids() if self._per_type else self._accounts  # participants
+        self._paid = np.empty(0, dtype=np.int64)  # participant -> account (per-type scope)
+        self._next_ref = 0  # position of the next action
+        self._store = _Store()
+        self._pairs = _Pairs()
+        # activity: object actions in memory, per participant and per account (one array when the same)
+        self._significance = p.max_p_value < 1
+        self._track = self._significance or p.min_participation > 1
+        self._rows = np.zeros(0, dtype=np.int64)
+        self._acts = np.zeros(0, dtype=np.int64)
+        self._row_q: list[np.ndarray] = []  # chunks of (watermark, participant, account) per action
+        self._row_head = 0
+        self._row_applied = 0  # rows of the last chunk counted
+        self._posts: dict[int, float] = {}  # one_object_actions: post -> watermark of its first action
+        self._weights: Weights
+        self._posts_matter = bool(self._one) or not fast_weights(p)  # distinct posts, participation
+        if fast_weights(p):
+            self._weights = Counting(p.min_weight)
+        else:
+            self._weights = Links(p.min_weight, p.min_participation, p.weight_mode == "distinct_contents",
+                                  self._account_of, p.edge_weight_quantile is not None)  # fmt: skip
+        self._cand = _Candidates(p.min_weight)
+        self._graph = AlertGraph()
+        self._cut = p.min_weight  # alert graph edges weigh at least this
+        self._lgf = np.zeros(1)  # ln(w!) for the chance test
+        self._pending = False  # pairs or rows changed since the last evaluation
         # gid -> [revision, size at its last alert, last examined, members], least recently examined first
         self._groups: dict[str, list[Any]] = {}
         self._member: dict[str, str] = {}  # account -> gid
         self._wm = -math.inf
-        self._next_tick = -math.inf
+        self._bucket = -math.inf  # eval_interval_s bucket of the last evaluation
         self._swept = -math.inf
+        self._swept_ref = 0  # actions counted before the last sweep
+        self._applied_ref = 0  # actions counted (positions below it)
+        self._batch_pids = _NONE
+
+    def _account_of(self, pid: int) -> int:
+        """Participant id -> account id (the same id when participants are accounts)."""
+        return int(self._paid[pid]) if self._per_type else pid
+
+    def _kind(self, name: str) -> int:
+        k = self._kinds.get(name)
+        if k is None:
+            k = self._kinds[name] = len(self._kinds)
+        return k
 
     # -- events ----------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
+        marks = self.marks
+        acts = self._actions(events, marks)
+        step = self.params.eval_interval_s
+        buckets = np.floor(marks / step)
+        prev = np.concatenate(([self._bucket], buckets[:-1]))
+        cross = np.flatnonzero(buckets > prev)  # events crossing an evaluation time (evaluated before them)
+        a_cut = np.searchsorted(acts.ev, cross) if acts is not None else np.zeros(cross.size, dtype=np.int64)
+        p_cut = np.searchsorted(acts.pair_new, a_cut) if acts is not None else a_cut
+        times = buckets[cross] * step
+        # an evaluation with no new pair or row and nothing expiring or to sweep changes nothing: skip it
+        grew = np.diff(p_cut, prepend=0) > 0
+        if self._track:
+            grew |= np.diff(a_cut, prepend=0) > 0
+        if grew.size:
+            grew[0] |= self._pending  # counted after the last evaluation of an earlier batch
+        busy = np.flatnonzero(grew)
         alerts: list[Alert] = []
-        p = self.params
-        step, minp, per_type, one_actions = p.eval_interval_s, p.min_participation, self._per_type, self._one
-        oid_only, types, kinds = p.object_fields == ["object_id"], self._types, self._kind
-        pids, plast, posts, rows, bufs, adj = self._pid, self._plast, self._posts, self._rows, self._bufs, self._adj
-        touch, post_q, rows_q = self._touch_q.append, self._post_q.append, self._rows_q.append
-        wm, tick = self._wm, self._next_tick
-        pairs = 0
-        for e in events:
-            ts = e.ts
-            if ts > wm:
-                if ts >= tick:  # the watermark crosses a tick: evaluate before this event
-                    t = math.floor(ts / step) * step
-                    alerts += self._evaluate(t, ts)
-                    tick = self._next_tick = t + step
-                wm = ts
-            if oid_only:  # the common case, inlined
-                value = e.object_id
-                if value is None:
-                    continue
-                otype = e.extra.get("object_type")
-                if types is not None and otype not in types:
-                    continue
-                name = otype if type(otype) is str else "object"
-                kind = kinds.get(name)
-                objs: Sequence[tuple[int, str]] = ((self._kind_of(name) if kind is None else kind, value),)
-            else:
-                objs = self._objects(e)
-                if not objs:
-                    continue
-            acc, eid = e.account_id, e.event_id
-            cid = e.extra.get("content_id") or eid
-            if type(cid) is not str:
-                cid = str(cid)
-            one = e.action in one_actions
-            for kind, value in objs:
-                pk = (acc, kind) if per_type else acc
-                pid = pids.get(pk)
-                if pid is None:
-                    pid = self._intern(pk, acc, wm)
-                    touch(wm)
-                    touch(pid)
-                elif plast[pid] != wm:
-                    plast[pid] = wm
-                    touch(wm)
-                    touch(pid)
-                ck = (cid, pid)
-                post = posts.get(ck)
-                if post is None:
-                    post = posts[ck] = _Post(ck, pid)
-                    post_q(wm)
-                    post_q(post)
-                elif one:
-                    continue
-                post.rows += 1
-                if minp > 1:
-                    if post.partners is not None:  # more co-action rows for the participant
-                        self._grown.add(pid)
-                    n = rows.get(pid, 0) + 1
-                    rows[pid] = n
-                    rows_q(wm)
-                    rows_q(pid)
-                    if n == minp and pid in adj:  # without pairs its status matters to nobody yet
-                        self._rose.add(pid)
-                entry = (ts, pid, post, (ts, eid, value))
-                objmap = bufs[kind]
-                buf = objmap.get(value)
-                if buf is None:
-                    objmap[value] = [entry]
-                else:
-                    pairs += self._scan(buf, entry, wm)
-        self._wm = wm
-        if pairs:
-            self.stats["pairs"] += pairs
+        k = 0
+        while k < cross.size:
+            nb = int(busy[np.searchsorted(busy, k)]) if busy.size and busy[-1] >= k else cross.size
+            k = min(nb, k + int(np.searchsorted(times[k:], self._due())))
+            if k >= cross.size:
+                break
+            if acts is not None:
+                self._apply(acts, int(a_cut[k]), int(p_cut[k]))
+            e = int(cross[k])
+            self._bucket = float(buckets[e])
+            alerts += self._evaluate(float(times[k]), float(marks[e]))
+            k += 1
+        if cross.size:
+            self._bucket = float(buckets[cross[-1]])
+        if acts is not None:
+            self._apply(acts, acts.n, len(acts.pair_new))
+        self._wm = float(marks[-1])
+        self._batch_pids = _NONE
         return alerts
 
-    def _objects(self, e: Event) -> list[tuple[int, str]]:
-        """(kind, object) pairs the event acts on, per ``object_fields``, without repeats."""
-        out: list[tuple[int, str]] = []
+    def _actions(self, events: Sequence[Event], marks: np.ndarray) -> _Batch | None:
+        """The batch's actions (position order), their pairs, stored and queued; None if none."""
+        ts_c, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
+        evs: list[list[int]] = []
+        kinds: list[np.ndarray] = []
+        vals: list[str] = []
         for field, kind in self._fields:
-            if kind < 0:  # object_id: its kind is the event's object_type
-                value = e.object_id
-                if value is not None:
-                    otype = e.extra.get("object_type")
-                    if self._types is None or otype in self._types:
-                        name = otype if type(otype) is str else "object"
-                        k = self._kind.get(name)
-                        out.append((self._kind_of(name) if k is None else k, value))
-                continue
-            for value in getattr(e, field):
-                item = (kind, value)
-                if item not in out:
-                    out.append(item)
-        return out
-
-    def _kind_of(self, name: str) -> int:
-        k = self._kind.get(name)
-        if k is None:
-            k = self._kind[name] = len(self._kinds)
-            self._kinds.append(name)
-            self._bufs.append({})
-        return k
-
-    def _intern(self, key: Any, acc: str, wm: float) -> int:
-        if self._free:
-            pid = self._free.pop()
-            self._pkey[pid], self._pacc[pid], self._plast[pid] = key, acc, wm
-        else:
-            pid = len(self._pkey)
-            self._pkey.append(key)
-            self._pacc.append(acc)
-            self._plast.append(wm)
-        self._pid[key] = pid
-        return pid
-
-    # -- pairs -----------------------------------------------------------------------
-    def _scan(self, buf: list[Buffered], entry: Buffered, now: float) -> int:
-        """Pair a new action with its object's buffer, then buffer it; the number of pairs."""
-        lo = now - self._keep_s
-        if buf[0][0] < lo:
-            i = 1
-            while i < len(buf) and buf[i][0] < lo:
-                i += 1
-            del buf[:i]
-        ts, pid, post, sample = entry
-        window, fanout = self.params.pair_window_s, self.params.max_fanout
-        if fanout:  # one action per account, of the latest k accounts
-            hits = []
-            own = -1
-            for j, x in enumerate(buf):
-                if x[1] == pid:
-                    own = j
-                elif -window <= ts - x[0] <= window:
-                    hits.append(x)
-            if own >= 0:
-                del buf[own]
-            buf.append(entry)
-            if len(buf) > fanout:
-                del buf[0]
-        else:
-            hits = [x for x in buf if x[1] != pid and -window <= ts - x[0] <= window]
-            buf.append(entry)
-        if hits:
-            self._pair(entry, hits, now)
-        return len(hits)
-
-    def _pair(self, new: Buffered, hits: list[Buffered], now: float) -> None:
-        """The ``new`` action co-acted with each of ``hits`` (buffered actions of other participants)."""
-        ts, pa, a, sample_a = new
-        links, samples, queue, dirty = self._links, self._samples, self._pairs_q.append, self._dirty_edges.append
-        partner = self._partner if self._partners else None
-        grown = self._grown if self.params.min_participation > 1 else None
-        for t2, pb, b, sample_b in hits:
-            uk = pa << 32 | pb if pa < pb else pb << 32 | pa
-            link = links.get(uk)
-            if link is None:
-                link = links[uk] = _Link(uk, now, now, [abs(ts - t2)])
-                self._adjoin(pa, pb, link, sample_a)
-                self._adjoin(pb, pa, link, sample_b)
+            if kind == _OBJECT_ID:
+                idx = [i for i, v in enumerate(oid_c) if v is not None]
+                kind_of = {o: self._object_kind(o) for o in {extra_c[i].get("object_type") for i in idx}}
+                ks = [kind_of[extra_c[i].get("object_type")] for i in idx]
+                idx, ks = [i for i, k in zip(idx, ks) if k >= 0], [k for k in ks if k >= 0]
+                evs.append(idx)
+                kinds.append(np.array(ks, dtype=np.uint64))
+                vals += [oid_c[i] for i in idx]
             else:
-                link.last = now
-                deltas = link.deltas
-                deltas.append(abs(ts - t2))
-                if len(deltas) > DELTAS:
-                    del deltas[0]
-                samples[pa].append(sample_a)
-                samples[pb].append(sample_b)
-            link.n += 1
-            queue(now)
-            queue(a)
-            queue(b)
-            queue(link)
-            if not link.dirty:
-                link.dirty = True
-                dirty(link)
-            if partner is not None:
-                partner(a, pb, link)
-                partner(b, pa, link)
-            if grown is not None:
-                grown.add(pb)
-        if grown is not None:
-            grown.add(pa)
-
-    def _adjoin(self, p: int, q: int, link: _Link, sample: Sample) -> None:
-        """``p``'s first live pair with ``q``."""
-        mine = self._adj.get(p)
-        if mine is None:
-            self._adj[p] = {q: link}
-            self._samples[p] = deque((sample,), maxlen=SAMPLES)
+                col = urls_c if field == "urls" else tags_c if field == "hashtags" else [e.domains for e in events]
+                idx = [i for i, xs in enumerate(col) for _ in xs]
+                evs.append(idx)
+                kinds.append(np.full(len(idx), kind, dtype=np.uint64))
+                vals += [x for xs in col for x in xs]
+        ev = np.fromiter((i for part in evs for i in part), dtype=np.int64, count=len(vals))
+        if not ev.size:
+            return None
+        kind_a = np.concatenate(kinds)
+        obj = hash_u64(hash_strings(vals, _SEED_OBJECT) ^ (kind_a * np.uint64(0x9E3779B97F4A7C15)), _SEED_OBJECT)
+        order = np.lexsort((np.arange(ev.size), ev))  # event order, fields in config order within one
+        first = np.ones(ev.size, dtype=bool)  # one action per (event, object)
+        srt = np.lexsort((np.arange(ev.size), obj, ev))
+        dup = (ev[srt][1:] == ev[srt][:-1]) & (obj[srt][1:] == obj[srt][:-1])
+        first[srt[1:][dup]] = False
+        order = order[first[order]]
+        ev, obj, kind_a = ev[order], obj[order], kind_a[order]
+        vals = [vals[i] for i in order.tolist()]
+        ah = hash_strings(acc_c, _SEED_ACCOUNT)[ev]
+        aid = self._accounts.intern(ah, lambda f: acc_c[ev[f]])
+        if self._per_type:
+            ph = hash_u64(ah ^ (kind_a + np.uint64(1)) * np.uint64(0xBF58476D1CE4E5B9), _SEED_ACCOUNT)
+            pid = self._parts.intern(ph, lambda f: acc_c[ev[f]])
+            if self._paid.size < len(self._parts):
+                self._paid = np.concatenate((self._paid, np.zeros(len(self._parts) - self._paid.size, dtype=np.int64)))
+            self._paid[pid] = aid
         else:
-            mine[q] = link
-            self._samples[p].append(sample)
+            ph, pid = ah, aid
+        self._grow(len(self._parts), len(self._accounts))
+        self._batch_pids = pid  # in use until the batch is done, whatever a sweep finds
+        post = np.zeros(ev.size, dtype=np.uint64)
+        if self._posts_matter:
+            cids = [x.get("content_id") or e for x, e in zip(extra_c, eid_c)]
+            if any(type(c) is not str for c in cids):
+                cids = [str(c) for c in cids]
+            post = hash_u64(hash_strings(cids, _SEED_POST)[ev] ^ ph, _SEED_POST)
+        wm = marks[ev]
+        if self._one:
+            keep = self._first_of_post(post, wm, [act_c[i] in self._one for i in ev.tolist()])
+            if not keep.all():
+                ev, obj, pid, aid, post, wm = ev[keep], obj[keep], pid[keep], aid[keep], post[keep], wm[keep]
+                vals = [v for v, k in zip(vals, keep.tolist()) if k]
+            if not ev.size:
+                return None
+        n = ev.size
+        ts = np.fromiter(ts_c, dtype=np.float64, count=len(ts_c))[ev]
+        refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
+        self._next_ref += n
+        self._store.add(int(refs[0]), ts, [eid_c[i] for i in ev.tolist()], vals, post)
+        pairs = self._pairer.pair(obj, pid, ts, refs, float(marks[-1]))
+        k = len(pairs)
+        self.stats["pairs"] += k
+        new = pairs.new
+        cols = {
+            "seen": wm[new], "rn": refs[new], "ro": pairs.ref, "pn": pid[new], "po": pairs.part,
+            "an": aid[new], "ao": self._account(pairs.part), "dt": ts[new] - pairs.ts,
+            "sn": post[new], "so": self._store.post(pairs.ref) if k else np.empty(0, dtype=np.uint64),
+        }  # fmt: skip
+        self._pairs.append(cols)
+        if self._track:
+            self._row_q.append(np.stack((wm, pid.astype(np.float64), aid.astype(np.float64))))
+            self._row_applied = 0
+        return _Batch(n, int(refs[0]), ev, pid, aid, post, wm, new)
 
-    def _partner(self, post: _Post, other: int, link: _Link) -> None:
-        """One more live pair of ``post`` with participant ``other``."""
-        part = post.partners
-        if part is None:
-            post.partners = {other: 1}
-            mine = self._paired.get(post.pid)
-            if mine is None:
-                self._paired[post.pid] = {post: None}
-            else:
-                mine[post] = None
-        elif other in part:
-            part[other] += 1
-            return
-        else:
-            part[other] = 1
-        if self._distinct:
-            if post.pid < other:
-                link.p_posts += 1
-            else:
-                link.q_posts += 1
+    def _object_kind(self, otype: Any) -> int:
+        """The kind of an object_id with this object_type, or -1 if object_types excludes it."""
+        if self._types is not None and otype not in self._types:
+            return -1
+        return self._kind(otype if type(otype) is str else "object")
 
-    def _unpair(self, a: _Post, b: _Post, link: _Link) -> None:
-        """An expired pair of posts ``a`` and ``b``."""
-        pa, pb = a.pid, b.pid
-        if self._partners:
-            self._unpartner(a, pb, link)
-            self._unpartner(b, pa, link)
-            if self.params.min_participation > 1:
-                self._shrunk.add(pa)
-                self._shrunk.add(pb)
-        link.n -= 1
-        if not link.n:
-            del self._links[link.key]
-            for p, q in ((pa, pb), (pb, pa)):
-                mine = self._adj[p]
-                del mine[q]
-                if not mine:
-                    del self._adj[p], self._samples[p]
-                    self._idle.append(p)
-        if not link.dirty:
-            link.dirty = True
-            self._dirty_edges.append(link)
+    def _account(self, pids: np.ndarray) -> np.ndarray:
+        return self._paid[pids] if self._per_type else pids
 
-    def _unpartner(self, post: _Post, other: int, link: _Link) -> None:
-        part = post.partners
-        assert part is not None
-        n = part[other] - 1
-        if n:
-            part[other] = n
-            return
-        del part[other]
-        if self._distinct:
-            if post.pid < other:
-                link.p_posts -= 1
+    def _grow(self, parts: int, accounts: int) -> None:
+        if self._rows.size < parts:
+            self._rows = np.concatenate((self._rows, np.zeros(max(parts, 2 * self._rows.size) - self._rows.size, np.int64)))
+        if not self._per_type:
+            self._acts = self._rows
+        elif self._acts.size < accounts:
+            self._acts = np.concatenate((self._acts, np.zeros(max(accounts, 2 * self._acts.size) - self._acts.size, np.int64)))
+
+    def _first_of_post(self, post: np.ndarray, wm: np.ndarray, one: list[bool]) -> np.ndarray:
+        """one_object_actions: keep an action of such an event only if its post had no action
+        in the last keep_s (every action registers its post)."""
+        keep = np.ones(post.size, dtype=bool)
+        posts, window = self._posts, self._keep_s
+        for i, (s, w, o) in enumerate(zip(post.tolist(), wm.tolist(), one)):
+            first = posts.get(s)
+            if first is None or first < w - window:
+                posts[s] = w
+            elif o:
+                keep[i] = False
+        return keep
+
+    def _apply(self, acts: _Batch, a: int, q: int) -> None:
+        """Count the batch's actions up to ``a`` and its pairs up to ``q`` (the newest chunk)."""
+        self._applied_ref = max(self._applied_ref, acts.ref0 + a)
+        if self._track and a > self._row_applied:
+            lo = self._row_applied
+            self._row_applied = a
+            pid, aid = acts.pid[lo:a], acts.aid[lo:a]
+            minp = self.params.min_participation
+            if isinstance(self._weights, Links) and minp > 1:
+                u = np.unique(pid)
+                before = self._rows[u]
+                np.add.at(self._rows, pid, 1)
+                self._weights.acted(pid.tolist(), acts.post[lo:a].tolist(), acts.wm[lo:a].tolist())
+                self._weights.crossed(u[(before < minp) & (self._rows[u] >= minp)].tolist(), ())
             else:
-                link.q_posts -= 1
-        if not part:
-            post.partners = None
-            mine = self._paired[post.pid]
-            del mine[post]
-            if not mine:
-                del self._paired[post.pid]
+                np.add.at(self._rows, pid, 1)
+            if self._per_type:
+                np.add.at(self._acts, aid, 1)
+            self._pending = True
+        if q > self._pairs.applied:
+            self._weights.add(self._pairs.take(q))
+            self._pending = True
 
     # -- evaluation ------------------------------------------------------------------
     def _advance(self, watermark: float) -> list[Alert]:
         if watermark == math.inf:  # end of the stream: evaluate as of the last event
             return self._evaluate(self._wm, watermark) if self._wm > -math.inf else []
-        if watermark < self._next_tick:
+        bucket = math.floor(watermark / self.params.eval_interval_s)
+        if bucket <= self._bucket:
             return []
-        t = math.floor(watermark / self.params.eval_interval_s) * self.params.eval_interval_s
-        self._next_tick = t + self.params.eval_interval_s
-        return self._evaluate(t, watermark)
+        self._bucket = float(bucket)
+        return self._evaluate(bucket * self.params.eval_interval_s, watermark)
 
     def _evaluate(self, t: float, at: float) -> list[Alert]:
-        """Expire, update the graph where it changed, examine grown components, sweep (decided at watermark ``at``)."""
+        """Expire, update the alert graph where it changed, examine grown components, sweep
+        (decided at watermark ``at``)."""
         self._expire(t - self.params.memory_s)
         alerts: list[Alert] = []
-        if self._dirty_edges or self._grown or self._shrunk or self._rose or self._fell:
-            ups = self._refresh()
-            if self._reweighed:
-                self._reweighed = False
-                cut = self._current_cut()
-                if cut != self._cut:
-                    self._cut, self._stale = cut, True
-            if self._stale:
-                roots = self._rebuild()
-            else:
-                for a, b in ups:
-                    self._union(a, b)
-                roots = {self._find(a) for a, _ in ups}
-            alerts = self._examine(roots, t, at)
-        if t - self._swept >= 4 * self._keep_s:
+        if self._pending:
+            self._pending = False
+            self._refresh()
+            alerts = self._examine(self._graph.take(), t, at)
+        if t - self._swept >= 4 * self._keep_s and self._applied_ref - self._swept_ref >= SWEEP_ACTIONS:
             self._sweep(t)
         return alerts
 
+    def _due(self) -> float:
+        """The earliest evaluation time at which something expires or a sweep is due, new input aside."""
+        due = self._pairs.oldest() + self.params.memory_s
+        if self._track:
+            due = min(due, self._rows_oldest() + self.params.memory_s)
+        if self._applied_ref - self._swept_ref >= SWEEP_ACTIONS:
+            due = min(due, self._swept + 4 * self._keep_s)
+        return float(np.nextafter(due, math.inf))  # expiry takes what is strictly older than t - memory_s
+
     def _expire(self, cutoff: float) -> None:
-        rows, minp = self._rows, self.params.min_participation
-        q = self._rows_q
-        while q and q[0] < cutoff:
-            q.popleft()
-            pid = q.popleft()
-            n = rows[pid] - 1
-            if n == minp - 1 and pid in self._adj:
-                self._fell.add(pid)
-            if n:
-                rows[pid] = n
-            else:
-                del rows[pid]
-                self._idle.append(pid)
-        pq = self._pairs_q
-        pop = pq.popleft
-        while pq and pq[0] < cutoff:
-            pop()
-            self._unpair(pop(), pop(), pop())
-
-    def _refresh(self) -> list[tuple[str, str]]:
-        """Recompute changed edges' graph weights; return account pairs that reached the cut."""
-        minp = self.params.min_participation
-        if minp > 1:
-            self._requalify()
-        rows, coord, counted, distinct, bump = self._rows, self._coord, self._counted, self._distinct, self._bump
-        ups: list[tuple[str, str]] = []
-        dirty = self._dirty_edges
-        dirty.sort(key=_KEY)
-        for link in dirty:
-            link.dirty = False
-            w = (link.p_posts if link.p_posts > link.q_posts else link.q_posts) if distinct else link.n
-            if w and minp > 1:
-                p, q = link.key >> 32, link.key & _LOW
-                if not (rows.get(p, 0) >= minp and rows.get(q, 0) >= minp and (p in coord or q in coord)):
-                    w = 0
-            old = link.counted
-            if w != old:
-                link.counted = w
-                if not old:
-                    counted[link.key] = link
-                elif not w:
-                    del counted[link.key]
-                bump(link, w - old, ups)
-        for pending in (dirty, self._grown, self._shrunk, self._rose, self._fell):
-            pending.clear()  # in place: _process holds references
-        return ups
-
-    def _requalify(self) -> None:
-        """Update who passes the co-action part of min_participation; mark the edges of those who changed.
-
-        :meth:`_coordinated` only grows with more partners, rows and partners' rows, so only
-        checks that can flip are made: a participant that only gained (lost) is checked if
-        it fails (passes). A participant crossing min_participation changes its edges."""
-        dirty, adj, coord, rose, fell = self._dirty_edges, self._adj, self._coord, self._rose, self._fell
-        check = {p for p in self._grown if p not in coord}
-        check.update(p for p in self._shrunk if p in coord)
-        for p in rose | fell:
-            gain, loss = p in rose, p in fell
-            for q, link in adj.get(p, {}).items():
-                if not link.dirty:
-                    link.dirty = True
-                    dirty.append(link)
-                if loss if q in coord else gain:
-                    check.add(q)
-        for p in check:
-            now = self._coordinated(p)
-            if now != (p in coord):
-                (coord.add if now else coord.discard)(p)
-                for link in adj.get(p, {}).values():
-                    if not link.dirty:
-                        link.dirty = True
-                        dirty.append(link)
-
-    def _coordinated(self, p: int) -> bool:
-        """CooRTweet's participation rule: has p min_participation rows in posts paired with
-        participating accounts? (A pair counts if both participate and one is coordinated.)"""
-        rows, minp = self._rows, self.params.min_participation
-        n = 0
-        for post in self._paired.get(p, ()):
-            for x in post.partners:  # type: ignore[union-attr]
-                if rows.get(x, 0) >= minp:
-                    n += post.rows
-                    if n >= minp:
-                        return True
-                    break
-        return False
-
-    def _bump(self, link: _Link, delta: int, ups: list[tuple[str, str]]) -> None:
-        """Change the account-level weight of ``link``'s accounts by ``delta`` (``link.counted`` is already new)."""
-        edge = link.edge
-        if edge is None:
-            edge = link.edge = self._edge(link.key)
-        old = edge.w
-        new = edge.w = old + delta
-        if not link.counted:
-            link.edge = None
-        if self._quantile:
-            self._reweigh(old, new)
-        if not new:
-            self._drop(edge)
-        if old < self._cut <= new:
-            ups.append((edge.a, edge.b))
-        elif new < self._cut <= old:
-            self._stale = True
-
-    def _edge(self, uk: int) -> _Edge:
-        """The graph edge of the accounts of participants ``uk``, added (weight 0) if missing."""
-        a, b = self._pacc[uk >> 32], self._pacc[uk & _LOW]
-        if a > b:  # type: ignore[operator]
-            a, b = b, a
-        graph = self._graph
-        ga = graph.get(a)  # type: ignore[arg-type]
-        edge = ga.get(b) if ga else None  # type: ignore[arg-type]
-        if edge is None:
-            edge = _Edge(a, b)  # type: ignore[arg-type]
-            for x, y in ((a, b), (b, a)):
-                gx = graph.get(x)  # type: ignore[arg-type]
-                if gx is None:
-                    graph[x] = {y: edge}  # type: ignore[index, dict-item]
-                else:
-                    gx[y] = edge  # type: ignore[index]
-        return edge
-
-    def _drop(self, edge: _Edge) -> None:
-        for x, y in ((edge.a, edge.b), (edge.b, edge.a)):
-            gx = self._graph[x]
-            del gx[y]
-            if not gx:
-                del self._graph[x]
-
-    def _reweigh(self, old: int, new: int) -> None:
-        """One account pair moves from weight ``old`` to ``new`` in the histogram the quantile reads."""
-        hist = self._hist
-        self._reweighed = True
-        if old:
-            hist[old] -= 1
-            if not hist[old]:
-                del hist[old]
-        if new:
-            hist[new] = hist.get(new, 0) + 1
-
-    def _current_cut(self) -> int:
-        q = self.params.edge_weight_quantile
-        if q is None or not self._hist:
-            return self.params.min_weight
-        return max(self.params.min_weight, math.floor(quantile7(self._hist, q)) + 1)
-
-    def _find(self, a: str) -> str:
-        parent = self._parent
-        if a not in parent:
-            parent[a] = a
-            self._size[a] = 1
-            return a
-        r = a
-        while parent[r] != r:
-            r = parent[r]
-        while parent[a] != r:
-            parent[a], a = r, parent[a]
-        return r
-
-    def _union(self, a: str, b: str) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra == rb:
+        if self._pairs.oldest() >= cutoff and not (self._track and self._rows_oldest() < cutoff):
             return
-        if (self._size[ra], rb) < (self._size[rb], ra):
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        self._size[ra] += self._size.pop(rb)
-        e = self._evald.pop(rb, 0)
-        if e > self._evald.get(ra, 0):
-            self._evald[ra] = e
+        for seg in self._pairs.expire(cutoff):
+            self._weights.remove(seg)
+            self._pending = True
+        if self._track:
+            self._expire_rows(cutoff)
 
-    def _rebuild(self) -> set[str]:
-        """Union-find from scratch (an edge left the graph); examined sizes carry over per account."""
-        self._stale = False
-        self._parent, self._size, self._evald = {}, {}, {}
-        cut = self._cut
-        for a, nb in self._graph.items():
-            for b, edge in nb.items():
-                if a < b and edge.w >= cut:
-                    self._union(a, b)
-        self._seen = {a: n for a, n in self._seen.items() if a in self._parent}
-        for a, n in self._seen.items():
-            r = self._find(a)
-            if n > self._evald.get(r, 0):
-                self._evald[r] = n
-        return {a for a, r in self._parent.items() if a == r}
+    def _rows_oldest(self) -> float:
+        if not self._row_q:
+            return math.inf
+        end = self._row_applied if len(self._row_q) == 1 else self._row_q[0].shape[1]
+        return float(self._row_q[0][0, self._row_head]) if self._row_head < end else math.inf
 
-    def _examine(self, roots: set[str], t: float, at: float) -> list[Alert]:
-        """Alerts of the components (or their communities) that are new or grew enough."""
-        p = self.params
+    def _expire_rows(self, cutoff: float) -> None:
+        minp, links = self.params.min_participation, self._weights
+        while self._row_q:
+            chunk = self._row_q[0]
+            last = len(self._row_q) == 1
+            end = self._row_applied if last else chunk.shape[1]
+            k = self._row_head + int(np.searchsorted(chunk[0, self._row_head : end], cutoff))
+            if k > self._row_head:
+                pid = chunk[1, self._row_head : k].astype(np.int64)
+                u = np.unique(pid)
+                before = self._rows[u]
+                np.subtract.at(self._rows, pid, 1)
+                if self._per_type:
+                    np.subtract.at(self._acts, chunk[2, self._row_head : k].astype(np.int64), 1)
+                if isinstance(links, Links) and minp > 1:
+                    links.crossed((), u[(before >= minp) & (self._rows[u] < minp)].tolist())
+                self._row_head = k
+                self._pending = True
+            if k < chunk.shape[1] or last:
+                break
+            self._row_q.pop(0)
+            self._row_head = 0
+
+    def _refresh(self) -> None:
+        """Update the network and the alert graph."""
+        changed = self._weights.refresh(self._rows)
+        hist = self._weights.hist
+        if hist is not None:
+            cut = self._current_cut(hist)
+            if cut != self._cut:
+                self._cut = cut
+                self._cand.cut_changed()
+        test = self._chance_test() if self._significance else None
+        joined, parted = self._cand.update(changed, self._weights.ew, self._cut, test)
+        for k in parted:
+            self._graph.part(*self._names(k))
+        for k in joined:
+            self._graph.join(*self._names(k), k)
+
+    def _names(self, k: int) -> tuple[str, str]:
+        """The accounts of edge key ``k``, smaller first."""
+        a, b = self._accounts.names[k >> 32], self._accounts.names[k & _LOW]
+        return (a, b) if a < b else (b, a)  # type: ignore[operator, return-value]
+
+    def _chance_test(self) -> Any:
+        """A vectorised test of candidate pairs: is weight ``w`` of accounts ``a``, ``b``
+        improbable under Poisson(n_a n_b ρ)? (Upper bound of the tail: pmf(w) / (1 - λ/(w+1)).)"""
+        n = self._acts.astype(np.float64)
+        total = n.sum()
+        denom = total * total - float(np.einsum("i,i", n, n))  # not BLAS: its threads stall on a busy machine
+        rho = 2 * len(self._pairs) / denom if denom > 0 else 0.0
+        log_alpha = math.log(self.params.max_p_value)
+
+        def test(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+            top = int(w.max()) if w.size else 0
+            if top >= self._lgf.size:
+                self._lgf = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, 2 * top + 2)))))
+            lam = n[a] * n[b] * rho
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logp = -lam + w * np.log(lam) - self._lgf[w] - np.log1p(-lam / (w + 1))
+            return (lam < w + 1) & (logp <= log_alpha)
+
+        return test
+
+    def _current_cut(self, hist: dict[int, int]) -> int:
+        q = self.params.edge_weight_quantile
+        if q is None or not hist:
+            return self.params.min_weight
+        return max(self.params.min_weight, math.floor(quantile7(hist, q)) + 1)
+
+    def _examine(self, changed: list[int], t: float, at: float) -> list[Alert]:
+        """Alerts of the changed components (or their communities) that are new or grew enough."""
+        p, graph = self.params, self._graph
         comps: list[list[str]] = []
-        for r in roots:
-            n, e = self._size[r], self._evald.get(r, 0)
+        for c in changed:
+            n, e = len(graph.members[c]), graph.evald.get(c, 0)
             if n < p.min_group_size or (e and not _grew(n, e, p.update_growth_fraction)):
                 continue
-            comps.append(self._component(r))
-            self._evald[r] = n
+            comps.append(sorted(graph.members[c]))
+            graph.examined(c)
         alerts: list[Alert] = []
         claimed: set[str] = set()
         for members in sorted(comps):
-            for m in members:
-                self._seen[m] = len(members)
             parts = [members] if len(members) <= p.split_above_accounts else self._communities(members)
             for part in sorted(parts, key=lambda x: (-len(x), x[0])):
                 if len(part) >= p.min_group_size:
@@ -768,41 +719,32 @@ class CoActionDetector(Detector[CoActionParams]):
                         alerts.append(alert)
         return alerts
 
-    def _component(self, root: str) -> list[str]:
-        cut, graph = self._cut, self._graph
-        seen = {root}
-        todo = [root]
-        while todo:
-            a = todo.pop()
-            for b, edge in graph.get(a, {}).items():
-                if edge.w >= cut and b not in seen:
-                    seen.add(b)
-                    todo.append(b)
-        return sorted(seen)
-
-    def _edges(self, members: list[str]) -> list[tuple[int, str, str]]:
-        """Graph edges inside ``members`` as (weight, a, b), a < b, heaviest first."""
+    def _edges(self, members: list[str]) -> list[tuple[int, str, str, int]]:
+        """Alert-graph edges inside ``members`` as (weight, a, b, key), a < b, heaviest first."""
         inside = set(members)
-        cut = self._cut
-        edges = [
-            (e.w, a, b) for a in members for b, e in self._graph.get(a, {}).items() if a < b and e.w >= cut and b in inside
-        ]
+        ew = self._weights.ew
+        adj = self._graph.adj
+        edges = [(ew[k], a, b, k) for a in members for b, k in adj.get(a, {}).items() if a < b and b in inside]
         edges.sort(key=lambda x: (-x[0], x[1], x[2]))
         return edges
 
     def _communities(self, members: list[str]) -> list[list[str]]:
         g = nx.Graph()
         g.add_nodes_from(members)
-        g.add_weighted_edges_from((a, b, w) for w, a, b in sorted(self._edges(members), key=lambda x: (x[1], x[2])))
+        g.add_weighted_edges_from((a, b, w) for w, a, b, _ in sorted(self._edges(members), key=lambda x: (x[1], x[2])))
         found = nx.community.louvain_communities(g, weight="weight", seed=LOUVAIN_SEED)
         return [sorted(c) for c in found]
 
     def _match(self, part: list[str], t: float, claimed: set[str], at: float) -> Alert | None:
-        """Tie ``part`` to the known group most of it belongs to, or open a new one."""
+        """Tie ``part`` to the live known group most of it belongs to, or open a new one."""
         edges = self._edges(part)
         if not edges:  # a community without inner edges
             return None
-        votes = Counter(g for m in part if (g := self._member.get(m)) is not None and g not in claimed)
+        horizon = t - self.params.memory_s
+        votes = Counter(
+            g for m in part if (g := self._member.get(m)) is not None and g not in claimed
+            and self._groups[g][2] >= horizon
+        )  # fmt: skip
         if votes:
             gid = min(votes, key=lambda g: (-votes[g], g))
             rec = self._groups.pop(gid)  # re-inserted below: the dict stays in order of examination
@@ -817,7 +759,8 @@ class CoActionDetector(Detector[CoActionParams]):
                 rec[0] += 1
                 rec[1] = len(part)
         else:
-            gid = stable_id("ca-", part[0], math.floor(self._window(edges, t)[0] / self.params.memory_s))
+            start = max(self._evidence(edges).first, horizon)
+            gid = stable_id("ca-", part[0], math.floor(start / self.params.memory_s))
             while gid in self._groups:  # same smallest account and bucket as a live group: derive another
                 gid = stable_id("ca-", gid)
             rec = self._groups[gid] = [0, len(part), t, part]
@@ -825,58 +768,47 @@ class CoActionDetector(Detector[CoActionParams]):
         for m in part:
             self._member[m] = gid
         claimed.add(gid)
-        return self._alert(gid, rec[0], part, edges, t, at) if grown else None
+        return self._alert(gid, rec[0], part, edges, self._evidence(edges), t, at) if grown else None
 
-    def _pids(self, acc: str) -> list[int]:
-        keys: list[Any] = [(acc, k) for k in range(len(self._kinds))] if self._per_type else [acc]
-        return [self._pid[k] for k in keys if k in self._pid]
-
-    def _pair_meta(self, a: str, b: str) -> tuple[float, float, list[float]]:
-        first, last, deltas = math.inf, -math.inf, []
-        for pa in self._pids(a):
-            for pb in self._pids(b):
-                link = self._links.get(_ukey(pa, pb))
-                if link is not None:
-                    first, last = min(first, link.first), max(last, link.last)
-                    deltas += link.deltas
-        return first, last, deltas
-
-    def _window(self, edges: list[tuple[int, str, str]], t: float) -> tuple[float, float]:
-        spans = [self._pair_meta(a, b)[:2] for _, a, b in edges]
-        start = max(min(s for s, _ in spans), t - self.params.memory_s)
-        return start, max(e for _, e in spans)
+    def _evidence(self, edges: list[tuple[int, str, str, int]]) -> _Evidence:
+        """The live pairs on ``edges``, oldest first."""
+        wanted = np.array([e[3] for e in edges], dtype=np.int64)
+        sel = self._pairs.select(lambda c: np.isin(_keys(c["an"], c["ao"]), wanted))
+        return _Evidence(sel, _keys(sel["an"], sel["ao"]))
 
     def _alert(
-        self, gid: str, revision: int, part: list[str], edges: list[tuple[int, str, str]], t: float, at: float
+        self, gid: str, revision: int, part: list[str], edges: list[tuple[int, str, str, int]], ev: _Evidence,
+        t: float, at: float,
     ) -> Alert:
         degree: Counter[str] = Counter()
-        for w, a, b in edges:
+        for w, a, b, _ in edges:
             degree[a] += w
             degree[b] += w
         order = sorted(part, key=lambda a: (-degree[a], a))
-        start, end = self._window(edges, t)
         top_edges = []
-        for w, a, b in edges[:TOP]:
-            deltas = self._pair_meta(a, b)[2]
-            top_edges.append(
-                {"accounts": [a, b], "weight": w, "median_dt_s": statistics.median(deltas), "min_dt_s": min(deltas)}
-            )
+        for w, a, b, k in edges[:TOP]:
+            deltas = np.abs(ev.pairs["dt"][ev.keys == k])[-DELTAS:].tolist()
+            top_edges.append({"accounts": [a, b], "weight": w, "median_dt_s": statistics.median(deltas),
+                              "min_dt_s": min(deltas)})  # fmt: skip
+        names = self._accounts.names
+        sides = [(int(r), names[int(x)]) for col_r, col_a in (("rn", "an"), ("ro", "ao"))
+                 for r, x in zip(ev.pairs[col_r].tolist(), ev.pairs[col_a].tolist())]  # fmt: skip
+        facts = self._store.get([r for r, _ in sides])
         sharers: dict[str, set[str]] = {}
-        samples: list[tuple[str, Sample]] = []
-        for a in order:
-            mine = sorted((s for p in self._pids(a) for s in self._samples.get(p, ())), reverse=True)
-            for s in mine:
-                sharers.setdefault(s[2], set()).add(a)
-            if mine and len(samples) < SAMPLE_POSTS:
-                samples.append((a, mine[0]))
+        latest: dict[str, tuple[float, str, str]] = {}
+        for (_, acc), fact in zip(sides, facts):
+            sharers.setdefault(fact[2], set()).add(acc)  # type: ignore[arg-type]
+            if acc not in latest or fact > latest[acc]:  # type: ignore[operator]
+                latest[acc] = fact  # type: ignore[index]
+        samples = [(a, latest[a]) for a in order if a in latest][:SAMPLE_POSTS]
         objects = sorted(sharers.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:TOP]
         return Alert(
             type=self.NAME,
             group_id=gid,
             revision=revision,
-            score=sum(w for w, _, _ in edges) / len(edges) * math.log2(len(part)),
-            window_start=start,
-            window_end=end,
+            score=sum(w for w, _, _, _ in edges) / len(edges) * math.log2(len(part)),
+            window_start=max(ev.first, t - self.params.memory_s),
+            window_end=ev.last,
             accounts=tuple(order[: self.params.max_alert_accounts]),
             account_count=len(part),
             keys=tuple(o for o, _ in objects),
@@ -891,37 +823,33 @@ class CoActionDetector(Detector[CoActionParams]):
         )
 
     def _sweep(self, t: float) -> None:
-        """Drop what nothing can reach any more: old buffers and posts, idle participants, old groups."""
-        self._swept = t
+        """Free what nothing can reach any more: idle ids, old actions, old groups and posts."""
+        self._swept, self._swept_ref = t, self._applied_ref
         lo = t - self._keep_s
-        for objmap in self._bufs:
-            gone = []
-            for value, buf in objmap.items():
-                if buf[0][0] < lo:
-                    buf[:] = [x for x in buf if x[0] >= lo]
-                    if not buf:
-                        gone.append(value)
-            for value in gone:
-                del objmap[value]
-        q = self._post_q
-        while q and q[0] < lo:
-            q.popleft()
-            post = q.popleft()
-            if self._posts.get(post.key) is post:
-                del self._posts[post.key]
-        touch, idle, plast = self._touch_q, self._idle, self._plast
-        while touch and touch[0] < lo:
-            w, pid = touch.popleft(), touch.popleft()
-            if plast[pid] == w:  # its last action
-                idle.append(pid)
-        for pid in idle:  # free it unless it acted again or still has rows or pairs (they re-add it when gone)
-            key = self._pkey[pid]
-            if key is not None and plast[pid] < lo and pid not in self._adj and pid not in self._rows:
-                del self._pid[key]
-                self._pkey[pid] = self._pacc[pid] = None
-                self._coord.discard(pid)
-                self._free.append(pid)
-        idle.clear()
+        views = self._pairs.views(applied=False)
+        used = np.zeros(len(self._parts), dtype=bool)
+        for col in (*(v[c] for v in views for c in ("pn", "po")), self._pairer.part, self._batch_pids):
+            used[col] = True
+        if self._track:
+            used |= self._rows[: used.size] > 0
+        idle = np.flatnonzero(~used).tolist()
+        idle = [i for i in idle if self._parts.keys[i] is not None]
+        if idle:
+            self._weights.release(idle)
+            if self._per_type:
+                self._parts.release(idle)
+                used_a = np.zeros(len(self._accounts), dtype=bool)
+                used_a[self._paid[np.flatnonzero(used)]] = True
+                gone = [i for i in np.flatnonzero(~used_a).tolist() if self._accounts.keys[i] is not None]
+                self._accounts.release(gone)
+            else:
+                self._accounts.release(idle)
+        refs = [*(v["ro"] for v in views), self._pairer.ref]
+        self._store.trim(min((int(r.min()) for r in refs if r.size), default=self._next_ref))
+        if self._posts:
+            self._posts = {s: w for s, w in self._posts.items() if w >= lo}
+        if isinstance(self._weights, Links):
+            self._weights.forget(lo)
         groups = self._groups  # least recently examined first
         while groups and (rec := next(iter(groups.values())))[2] < t - self.params.memory_s:
             gid = next(iter(groups))
@@ -935,10 +863,17 @@ class CoActionDetector(Detector[CoActionParams]):
         """Account pairs ``(a, b)``, ``a < b``, with their weight, as of the last evaluation.
 
         Every pair that passes the participation rules (the peers' full network), or with
-        ``thresholded`` only the alert graph's edges (``>= min_weight``, above the quantile).
+        ``thresholded`` only the alert graph's edges.
         """
-        lo = self._cut if thresholded else 1
-        return {(a, b): e.w for a, nb in self._graph.items() for b, e in nb.items() if a < b and e.w >= lo}
+        ew = self._weights.ew
+        if thresholded:
+            return {(a, b): ew[k] for a, nb in self._graph.adj.items() for b, k in nb.items() if a < b}
+        names = self._accounts.names
+        out = {}
+        for k, w in ew.items():
+            a, b = names[k >> 32], names[k & _LOW]
+            out[(a, b) if a < b else (b, a)] = w  # type: ignore[operator]
+        return out  # type: ignore[return-value]
 
     @property
     def edge_cut(self) -> int:
@@ -947,116 +882,175 @@ class CoActionDetector(Detector[CoActionParams]):
 
     # -- state -----------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        index: dict[int, int] = {}
-        table: list[_Post] = []
-
-        def ix(post: _Post) -> int:
-            i = index.get(id(post))
-            if i is None:
-                i = index[id(post)] = len(table)
-                table.append(post)
-            return i
-
-        it = iter(self._post_q)
-        post_q = [x for w, p in zip(it, it) for x in (w, ix(p))]
-        posts = [ix(p) for p in self._posts.values()]
-        bufs = [[[v, [[t, pid, ix(p), s[1]] for t, pid, p, s in buf]] for v, buf in m.items()] for m in self._bufs]
-        it = iter(self._pairs_q)
-        pairs = [(w, ix(a), ix(b)) for w, a, b, _ in zip(it, it, it, it)]
+        store_head, store_arrays = self._store.state()
+        live = self._pairs.live()  # between batches every pair and row is applied
+        rows_q = np.concatenate([c[:, self._row_head if i == 0 else 0 :] for i, c in enumerate(self._row_q)], axis=1) \
+            if self._row_q else np.zeros((3, 0))  # fmt: skip
         state = {
             "wm": _fin(self._wm),
-            "next_tick": _fin(self._next_tick),
+            "bucket": _fin(self._bucket),
             "swept": _fin(self._swept),
-            "idle": self._idle,
+            "swept_ref": self._swept_ref,
+            "applied_ref": self._applied_ref,
+            "next_ref": self._next_ref,
+            "kinds": list(self._kinds),
+            "accounts": self._accounts.state(),
+            "parts": self._parts.state() if self._per_type else None,
+            "store": store_head,
+            "posts": list(self._posts.items()),
+            "weights": self._weights.state(),  # type: ignore[attr-defined]
+            "cand": self._cand.state(),
             "cut": self._cut,
-            "stale": self._stale,
-            "kinds": self._kinds,
-            "pkey": self._pkey,
-            "pacc": self._pacc,
-            "free": self._free,
-            "post_ids": [p.key[0] for p in table],
-            "posts": posts,
-            "bufs": bufs,
-            "samples": [[p, list(s)] for p, s in self._samples.items()],
-            "coord": sorted(self._coord),
-            "dirty": sorted(self._grown | self._shrunk),
-            "flip": sorted(self._rose | self._fell),
-            "dirty_edges": sorted(link.key for link in self._dirty_edges),
-            "parent": list(self._parent.items()),
-            "size": list(self._size.items()),
-            "evald": list(self._evald.items()),
-            "seen": list(self._seen.items()),
+            "pending": self._pending,
+            "graph": self._graph.state(),
             "groups": [[g, *rec] for g, rec in self._groups.items()],
             "member": list(self._member.items()),
         }
-        links = self._links.values()
-        arrays = [
-            np.array(self._plast, dtype=np.float64),
-            _flat(post_q, 2),
-            _flat(self._rows_q, 2),
-            _flat(self._touch_q, 2),
-            _table(pairs, 3, np.float64),
-            _table([(p.pid, p.rows) for p in table], 2),
-            _table(self._rows.items(), 2),
-            _table(((uk, link.counted) for uk, link in self._counted.items()), 2),
-            np.array(list(self._links), dtype=np.int64),
-            _table([(link.first, link.last) for link in links], 2, np.float64),
-            np.array([len(link.deltas) for link in links], dtype=np.int64),
-            np.array([d for link in links for d in link.deltas], dtype=np.float64),
-        ]
+        arrays = [*self._pairer.arrays(), *store_arrays, *(live[k] for k in _PAIR_COLS),
+                  self._paid, self._rows, self._acts, rows_q, *self._cand.arrays()]  # fmt: skip
         return state, arrays
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        plast, post_q, rows_q, touch_q, pairs, table_a, rows, counted, mkeys, mspan, mlen, deltas = (
-            list(zip(*(c.tolist() for c in a.T))) if a.ndim == 2 else a.tolist() for a in arrays
-        )
-        key = tuple if self._per_type else (lambda k: k)
-        self._wm, self._next_tick = _unfin(state["wm"]), _unfin(state["next_tick"])
-        self._swept, self._idle = _unfin(state["swept"]), state["idle"]
-        self._cut, self._stale = state["cut"], state["stale"]
+        self._pairer.load(arrays[:4])
+        self._store.load(state["store"], arrays[4:6])
+        live = {k: a.astype(d) for k, a, d in zip(_PAIR_COLS, arrays[6:16], _PAIR_TYPES)}
+        self._paid, self._rows, self._acts = arrays[16].astype(np.int64), arrays[17].astype(np.int64), arrays[18]
+        if not self._per_type:
+            self._acts = self._rows
+        rows_q = arrays[19]
+        self._cand.load(state["cand"], arrays[20:])
+        self._wm, self._bucket, self._swept = _unfin(state["wm"]), _unfin(state["bucket"]), _unfin(state["swept"])
+        self._swept_ref, self._applied_ref = state["swept_ref"], state["applied_ref"]
+        self._next_ref = state["next_ref"]
         for name in state["kinds"]:
-            self._kind_of(name)
-        self._pkey = [None if k is None else key(k) for k in state["pkey"]]
-        self._pacc, self._plast, self._free = state["pacc"], plast, state["free"]
-        self._pid = {k: pid for pid, k in enumerate(self._pkey) if k is not None}
-        table = [_Post((cid, pid), pid, n) for cid, (pid, n) in zip(state["post_ids"], table_a)]
-        self._post_q = deque(x for w, i in post_q for x in (w, table[int(i)]))
-        self._posts = {table[i].key: table[i] for i in state["posts"]}
-        self._bufs = [
-            {v: [(t, pid, table[i], (t, e, v)) for t, pid, i, e in buf] for v, buf in m} for m in state["bufs"]
-        ]
-        self._rows_q = deque(x for w, p in rows_q for x in (w, int(p)))
-        self._touch_q = deque(x for w, p in touch_q for x in (w, int(p)))
-        ends = np.cumsum(mlen).tolist()
-        self._links = {
-            k: _Link(k, first, last, deltas[e - n : e]) for k, (first, last), n, e in zip(mkeys, mspan, mlen, ends)
-        }
-        self._pairs_q = deque()
-        for w, i, j in pairs:  # live pairs: link counts, adjacency, partners
-            a, b = table[int(i)], table[int(j)]
-            link = self._links[_ukey(a.pid, b.pid)]
-            link.n += 1
-            self._pairs_q.extend((w, a, b, link))
-            self._adj.setdefault(a.pid, {})[b.pid] = link
-            self._adj.setdefault(b.pid, {})[a.pid] = link
-            if self._partners:
-                self._partner(a, b.pid, link)
-                self._partner(b, a.pid, link)
-        self._rows = dict(rows)
-        ups: list[tuple[str, str]] = []  # the account graph and its histogram, from the counted weights
-        for uk, w in counted:
-            link = self._counted[uk] = self._links[uk]
-            link.counted = w
-            self._bump(link, w, ups)
-        self._reweighed = False
-        self._samples = {p: deque(map(tuple, s), maxlen=SAMPLES) for p, s in state["samples"]}  # type: ignore[misc]
-        self._coord = set(state["coord"])
-        self._grown, self._shrunk = set(state["dirty"]), set(state["dirty"])  # gained or lost: check them all
-        self._rose, self._fell = set(state["flip"]), set(state["flip"])
-        self._dirty_edges = [self._links.get(uk) or _Link(uk, 0.0, 0.0, []) for uk in state["dirty_edges"]]
-        for link in self._dirty_edges:
-            link.dirty = True
-        self._parent, self._size = dict(state["parent"]), dict(state["size"])
-        self._evald, self._seen = dict(state["evald"]), dict(state["seen"])
+            self._kind(name)
+        self._accounts.load(state["accounts"])
+        if self._per_type:
+            self._parts.load(state["parts"])
+        self._posts = dict(map(tuple, state["posts"]))  # type: ignore[arg-type]
+        n = len(live["seen"])
+        self._pairs = _Pairs()
+        self._pairs.chunks = [live] if n else []
+        self._pairs.applied = n
+        self._weights.load(state["weights"], self._pairs.segment(live, 0, n))  # type: ignore[attr-defined]
+        self._row_q = [rows_q] if rows_q.shape[1] else []
+        self._row_head = 0
+        self._row_applied = rows_q.shape[1]
+        self._cut, self._pending = state["cut"], state["pending"]
+        self._graph.load(state["graph"], [(*self._names(k), k) for k in self._cand.strong_keys()])
         self._groups = {g: rec for g, *rec in state["groups"]}
         self._member = dict(state["member"])
+
+
+@dataclass
+class _Batch:
+    """A batch's actions in position order: event index, participant, account, post, watermark;
+    ``pair_new``: the new action of each of its pairs (in the pairs FIFO's newest chunk)."""
+
+    n: int
+    ref0: int  # position of the first
+    ev: np.ndarray
+    pid: np.ndarray
+    aid: np.ndarray
+    post: np.ndarray
+    wm: np.ndarray
+    pair_new: np.ndarray
+
+
+@dataclass
+class _Evidence:
+    pairs: dict[str, np.ndarray]
+    keys: np.ndarray
+
+    @property
+    def first(self) -> float:
+        return float(self.pairs["seen"].min())
+
+    @property
+    def last(self) -> float:
+        return float(self.pairs["seen"].max())
+
+
+def fast_weights(p: CoActionParams) -> bool:
+    """Whether an edge's weight is just its live share pairs (:class:`~detectors.co_weights.Counting`)."""
+    return (p.weight_mode == "share_pairs" and p.min_participation == 1 and p.participation_scope == "all"
+            and p.edge_weight_quantile is None)  # fmt: skip
+
+
+class _Candidates:
+    """Account pairs weighing at least min_weight, in numpy slots, and which are alert-graph edges."""
+
+    def __init__(self, min_weight: int) -> None:
+        self.min_weight = min_weight
+        self.slot: dict[int, int] = {}
+        self.key = np.zeros(64, dtype=np.int64)
+        self.w = np.zeros(64, dtype=np.int64)
+        self.used = np.zeros(64, dtype=bool)
+        self.strong = np.zeros(64, dtype=bool)
+        self.free: list[int] = list(range(63, -1, -1))
+        self._all = False  # the cut changed: test every slot
+
+    def cut_changed(self) -> None:
+        self._all = True
+
+    def update(self, changed: list[int], ew: dict[int, int], cut: int, test: Any) -> tuple[list[int], list[int]]:
+        """New weights of ``changed`` edges; the edges that joined and left the alert graph."""
+        parted: list[int] = []
+        touched: list[int] = []
+        slot, minw = self.slot, self.min_weight
+        for k in dict.fromkeys(changed):
+            w = ew.get(k, 0)
+            s = slot.get(k)
+            if w >= minw:
+                if s is None:
+                    s = slot[k] = self._alloc(k)
+                self.w[s] = w
+                touched.append(s)
+            elif s is not None:
+                if self.strong[s]:
+                    parted.append(k)
+                del slot[k]
+                self.used[s] = self.strong[s] = False
+                self.free.append(s)
+        if test is not None or self._all:
+            sel = np.flatnonzero(self.used)
+        else:
+            sel = np.array(touched, dtype=np.int64)
+        self._all = False
+        if not sel.size:
+            return [], parted
+        w = self.w[sel]
+        now = w >= cut
+        if test is not None:
+            now &= test(self.key[sel] >> 32, self.key[sel] & _LOW, w)
+        was = self.strong[sel]
+        self.strong[sel] = now
+        joined = self.key[sel[now & ~was]].tolist()
+        parted += self.key[sel[was & ~now]].tolist()
+        return joined, parted
+
+    def _alloc(self, k: int) -> int:
+        if not self.free:
+            n = self.key.size
+            for name in ("key", "w", "used", "strong"):
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate((old, np.zeros(n, dtype=old.dtype))))
+            self.free = list(range(2 * n - 1, n - 1, -1))
+        s = self.free.pop()
+        self.key[s], self.used[s] = k, True
+        return s
+
+    def strong_keys(self) -> list[int]:
+        return self.key[self.strong].tolist()  # type: ignore[no-any-return]
+
+    def state(self) -> dict[str, Any]:
+        return {"free": self.free, "all": self._all}
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.key, self.w, self.used, self.strong]
+
+    def load(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        self.key, self.w = arrays[0].astype(np.int64), arrays[1].astype(np.int64)
+        self.used, self.strong = arrays[2].astype(bool), arrays[3].astype(bool)
+        self.free, self._all = state["free"], state["all"]
+        self.slot = {int(k): int(s) for s, k in zip(np.flatnonzero(self.used).tolist(), self.key[self.used].tolist())}

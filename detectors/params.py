@@ -42,9 +42,16 @@ class CoActionParams(Section):
     memory_s: float = Field(
         21_600.0, gt=0, description="pair weights accumulate over this sliding span (seconds); >= pair_window_s"
     )
-    min_weight: int = Field(4, ge=1, description="pairs with at least this many co-actions form graph edges")
+    min_weight: int = Field(2, ge=1, description="pairs with at least this many co-actions may form graph edges ...")
+    max_p_value: float = Field(
+        1e-8,
+        gt=0,
+        le=1,
+        description="... if that many are improbable by chance: Poisson tail P(X >= weight) with mean n_a * n_b * rho "
+        "(each account's object actions in memory, rho the stream's chance pair rate) at most this; 1 = off",
+    )
     min_participation: int = Field(
-        2,
+        1,
         ge=1,
         description="a pair counts only if both accounts have this many object actions in memory and one of them this "
         "many in co-actions (CooRTweet min_participation; with participation_scope); 1 = off",

@@ -52,7 +52,7 @@ def test_every_key_has_a_row_with_its_default_range_choices_and_env_var() -> Non
     assert table["kafka.web_port"][3] == ">= 0, <= 65535"
     assert table["kafka.security_protocol"][3] == "one of `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"
     assert table["kafka.sasl_mechanism"][1:3] == ["string, optional", "unset"]
-    assert table["burst.key_kinds"][2] == '`["hashtag", "url", "domain", "object"]`'
+    assert table["burst.key_kinds"][2] == '`["hashtag", "url", "object"]`'
     assert table["burst.key_kinds"][3].startswith("at least 1 item; each one of `hashtag`")
     assert table["co_action.enabled"][3] == "`true`, `false`"
     assert env_var("co_action", "pair_window_s") == "COORDWATCH_CO_ACTION__PAIR_WINDOW_S"

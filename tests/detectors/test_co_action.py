@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from detectors.base import Alert
 from detectors.co_action import CoActionDetector, quantile7
+from detectors.co_weights import Counting, Links
 from detectors.events import Event, parse_obj
 from detectors.params import CoActionParams
 from detectors.synthetic import SyntheticStream
@@ -38,7 +39,9 @@ def ev(ts: float, account: str, url: str, n: int | str) -> Event:
 
 
 def det(**kw: Any) -> CoActionDetector:
-    return CoActionDetector(CoActionParams(**kw))
+    """A detector; the chance test is off unless asked for (hand-made streams have no background
+    traffic to measure chance against: a lone ring is all the stream there is)."""
+    return CoActionDetector(CoActionParams(**{"max_p_value": 1.0, **kw}))
 
 
 def run(d: CoActionDetector, events: list[Event], batch: int | None = None) -> list[Alert]:
@@ -66,10 +69,10 @@ def flagged(alerts: list[Alert]) -> set[str]:
 def test_ring_sharing_one_url_an_hour_needs_hours_of_memory():
     members = [f"ring{i}" for i in range(5)]
     events = ring(members, [f"https://r.example/{h}" for h in range(6)], T0, HOUR)
-    long = run(det(memory_s=6 * HOUR), events)
+    long = run(det(memory_s=6 * HOUR, min_weight=4), events)
     assert set(members) <= flagged(long)
     assert long[0].status == "open" and long[0].account_count == 5
-    assert run(det(memory_s=HOUR), events) == []
+    assert run(det(memory_s=HOUR, min_weight=4), events) == []
 
 
 def test_viral_url_raises_no_alert_and_its_state_is_bounded_and_expires():
@@ -143,7 +146,7 @@ def test_alerts_validate_and_carry_evidence():
         assert doc["type"] == "co_action" and len(doc["accounts"]) == 4 and doc["account_count"] == 6
         assert doc["keys"][0].startswith("https://r.example/")
         edge = doc["evidence"]["edges"][0]
-        assert edge["weight"] >= 3 and 0 < edge["min_dt_s"] <= edge["median_dt_s"]
+        assert edge["weight"] >= CoActionParams().min_weight and 0 < edge["min_dt_s"] <= edge["median_dt_s"]
         assert doc["evidence"]["top_objects"][0]["accounts"] == 6
         assert {"event_id", "account_id", "ts", "object"} <= set(doc["evidence"]["sample_posts"][0])
         assert doc["score"] > 0 and doc["window"]["start"] <= doc["window"]["end"]
@@ -157,7 +160,7 @@ def test_quantile7_is_r_type_7(hist: dict[int, int], q: float):
 
 # -- determinism ----------------------------------------------------------------------------
 PARAMS = {
-    "default": {},
+    "default": {"max_p_value": CoActionParams().max_p_value},
     "sliding": {
         "memory_s": 1800, "min_weight": 2, "min_group_size": 2, "eval_interval_s": 30, "allowed_lateness_s": 20,
     },
@@ -222,3 +225,14 @@ def test_alerts_do_not_depend_on_the_hash_seed():
         )
         outs.add(done.stdout)
     assert len(outs) == 1 and b"co_action" in outs.pop()
+
+
+# -- weights and the chance test ----------------------------------------------------------
+def test_fast_weights_equal_the_general_links():
+    """Counting (the default's hot path) and Links give the same network and alerts where both apply."""
+    fast, general = det(**PARAMS["default"]), det(**PARAMS["default"])
+    assert isinstance(fast._weights, Counting)
+    general._weights = Links(fast.params.min_weight, 1, False, general._account_of, False)
+    out = [tuple(a.to_json() for a in run(d, stream(), 997)) for d in (fast, general)]
+    assert out[0] and out[0] == out[1]
+    assert fast.weighted_edges() == general.weighted_edges() and fast.weighted_edges(thresholded=True)
