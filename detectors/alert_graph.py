@@ -3,8 +3,8 @@
 Edges come and go at every evaluation (weights cross the cut, pairs expire, the chance test
 flips); rebuilding a union-find over the whole graph at every deletion cost most of a replay.
 Components are kept explicitly instead: an insertion merges the smaller component into the
-larger, a deletion re-walks only the component it cut (it splits in two at most), and an
-account without edges leaves. Each component remembers its size when it was last examined
+larger, deletions re-walk only the components they cut (once per evaluation, however many
+edges left), and an account without edges leaves. Each component remembers its size when it was last examined
 (``evald``; a merge keeps the larger, a split takes the largest of its members' ``seen``), so
 "new, or grown by a fraction since last examined" survives merges and splits.
 """
@@ -45,26 +45,28 @@ class AlertGraph:
             self.changed.discard(small)
             self.changed.add(big)
 
-    def part(self, a: str, b: str) -> None:
-        for x, y in ((a, b), (b, a)):
-            nb = self.adj[x]
-            del nb[y]
-            if not nb:
-                del self.adj[x]
-        c = self.comp[a]
-        members = self.members[c]
-        reach = self._walk(a) if a in self.adj else {a}
-        if b in reach:
-            return
-        rest = members - reach
-        self._drop(c)
-        for piece in (reach, rest):
-            if len(piece) > 1:
-                self._new(piece, max(self.seen.get(m, 0) for m in piece))
-            else:
-                for m in piece:
-                    del self.comp[m]
-                    self.seen.pop(m, None)
+    def part(self, edges: list[tuple[str, str]]) -> None:
+        """Remove ``edges``; each component they cut is re-walked once (into its pieces)."""
+        cut: set[int] = set()
+        for a, b in edges:
+            for x, y in ((a, b), (b, a)):
+                nb = self.adj[x]
+                del nb[y]
+                if not nb:
+                    del self.adj[x]
+            cut.add(self.comp[a])
+        for c in sorted(cut):
+            members = self.members[c]
+            self._drop(c)
+            while members:
+                root = min(members)
+                piece = self._walk(root) if root in self.adj else {root}
+                members -= piece
+                if len(piece) > 1:
+                    self._new(piece, max(self.seen.get(m, 0) for m in piece))
+                else:
+                    del self.comp[root]
+                    self.seen.pop(root, None)
 
     def _walk(self, root: str) -> set[str]:
         seen, todo, adj = {root}, [root], self.adj

@@ -3,9 +3,9 @@
 Two implementations of one small protocol (:class:`Weights`), both fed by the detector with
 segments of new and expired pairs (and, for participation, of actions):
 
-* :class:`Counting` — ``share_pairs`` without participation rules, accounts as participants:
-  an edge's weight is its number of live share pairs. One dict operation per pair: the
-  default configuration's hot path.
+* :class:`Counting` — no participation rules, accounts as participants: an edge's weight is
+  its number of live share pairs (``share_pairs``) or of distinct objects with a live share
+  pair (``distinct_objects``). One or two dict operations per pair: the default's hot path.
 * :class:`Links` — everything else, exactly as the peers define it: ``distinct_contents``
   (weight u->v = distinct posts of u with a live pair with v; the pair weighs the larger
   direction), CooRTweet's ``min_participation`` (a pair counts only if both participants
@@ -35,10 +35,11 @@ def pair_key(p: int, q: int) -> int:
 
 class Segment(Protocol):
     """Python lists of one run of pairs (the detector's FIFO rows): ``ek`` account-pair keys,
-    ``uk`` participant-pair keys, ``pn``/``po`` participants and ``sn``/``so`` posts of the new
-    and the older action."""
+    ``eo`` (account pair, object) keys, ``uk`` participant-pair keys, ``pn``/``po``
+    participants and ``sn``/``so`` posts of the new and the older action."""
 
     ek: Sequence[int]
+    eo: Sequence[int]
     uk: Sequence[int]
     pn: Sequence[int]
     po: Sequence[int]
@@ -48,6 +49,7 @@ class Segment(Protocol):
 
 class Weights(Protocol):
     ew: dict[int, int]  # account-pair key -> weight in the network (0 = absent)
+    total: int  # the sum of ew's weights
     hist: dict[int, int] | None  # weight -> edges, when edge_weight_quantile reads it
 
     def add(self, seg: Segment) -> None: ...
@@ -64,27 +66,57 @@ class Weights(Protocol):
         ...
 
 
-class Counting:
-    """Edge weight = live share pairs of the two accounts."""
+def _firsts(live: dict[int, int], keys: Sequence[int], values: Sequence[int]) -> list[int]:
+    """Count each of ``keys`` in ``live``; the ``values`` of those counted for the first time."""
+    out = []
+    get = live.get
+    for k, v in zip(keys, values):
+        c = get(k, 0)
+        live[k] = c + 1
+        if not c:
+            out.append(v)
+    return out
 
-    def __init__(self, min_weight: int) -> None:
+
+def _lasts(live: dict[int, int], keys: Sequence[int], values: Sequence[int]) -> list[int]:
+    """Uncount each of ``keys``; the ``values`` of those no longer counted."""
+    out = []
+    for k, v in zip(keys, values):
+        c = live[k] - 1
+        if c:
+            live[k] = c
+        else:
+            del live[k]
+            out.append(v)
+    return out
+
+
+class Counting:
+    """Edge weight = live share pairs of the two accounts, or the distinct objects they are on."""
+
+    def __init__(self, min_weight: int, per_object: bool) -> None:
         self.min_weight = min_weight
         self.ew: dict[int, int] = {}
+        self.total = 0
         self.hist = None
+        self._objects: dict[int, int] | None = {} if per_object else None  # (pair, object) -> live pairs
         self._changed: list[int] = []  # edges at or above min_weight before or after a change
 
     def add(self, seg: Segment) -> None:
+        keys = seg.ek if self._objects is None else _firsts(self._objects, seg.eo, seg.ek)
         ew, changed, minw = self.ew, self._changed, self.min_weight
         get = ew.get
-        for k in seg.ek:
+        for k in keys:
             n = get(k, 0) + 1
             ew[k] = n
             if n >= minw:
                 changed.append(k)
+        self.total += len(keys)
 
     def remove(self, seg: Segment) -> None:
+        keys = seg.ek if self._objects is None else _lasts(self._objects, seg.eo, seg.ek)
         ew, changed, minw = self.ew, self._changed, self.min_weight
-        for k in seg.ek:
+        for k in keys:
             n = ew[k] - 1
             if n:
                 ew[k] = n
@@ -92,6 +124,7 @@ class Counting:
                 del ew[k]
             if n + 1 >= minw:
                 changed.append(k)
+        self.total -= len(keys)
 
     def refresh(self, rows: np.ndarray) -> list[int]:
         out, self._changed = self._changed, []
@@ -112,7 +145,7 @@ class Counting:
 class _Link:
     """Live co-actions of two participants, both directions."""
 
-    __slots__ = ("counted", "dirty", "key", "n", "p_posts", "q_posts")
+    __slots__ = ("counted", "dirty", "key", "n", "p_posts", "q_posts")  # n: share pairs, or distinct objects
 
     def __init__(self, key: int) -> None:
         self.key = key  # p << 32 | q, p < q
@@ -125,15 +158,18 @@ class _Link:
 class Links:
     """Participant-pair links, optional participation rule, summed into account edges."""
 
-    def __init__(self, min_weight: int, min_participation: int, distinct: bool, account_of: Callable[[int], int],
+    def __init__(self, min_weight: int, min_participation: int, mode: str, account_of: Callable[[int], int],
                  histogram: bool) -> None:  # fmt: skip
-        self.min_weight, self.minp, self.distinct = min_weight, min_participation, distinct
+        self.min_weight, self.minp = min_weight, min_participation
+        self.distinct = mode == "distinct_contents"
+        self._objects: dict[int, int] | None = {} if mode == "distinct_objects" else None
         self.account_of = account_of  # participant -> account id
         self.ew: dict[int, int] = {}
+        self.total = 0
         self.hist: dict[int, int] | None = {} if histogram else None  # weight -> edges
         self.links: dict[int, _Link] = {}
         self.adj: dict[int, dict[int, _Link]] = {}  # participant -> partner -> link
-        self._track = distinct or min_participation > 1  # posts know their partners
+        self._track = self.distinct or min_participation > 1  # posts know their partners
         self.partners: dict[int, dict[int, int]] = {}  # post -> partner participant -> live pairs
         self.post_of: dict[int, int] = {}  # post -> its participant (posts with partners)
         self.paired: dict[int, dict[int, None]] = {}  # participant -> its posts with partners
@@ -174,13 +210,14 @@ class Links:
 
     def add(self, seg: Segment) -> None:
         links, dirty, track, grown = self.links, self.dirty, self._track, self.minp > 1
-        for uk, pn, po, sn, so in zip(seg.uk, seg.pn, seg.po, seg.sn, seg.so):
+        counts = [1] * len(seg.uk) if self._objects is None else self._object_steps(seg, _firsts)
+        for uk, pn, po, sn, so, c in zip(seg.uk, seg.pn, seg.po, seg.sn, seg.so, counts):
             link = links.get(uk)
             if link is None:
                 link = links[uk] = _Link(uk)
                 self.adj.setdefault(pn, {})[po] = link
                 self.adj.setdefault(po, {})[pn] = link
-            link.n += 1
+            link.n += c
             if not link.dirty:
                 link.dirty = True
                 dirty.append(link)
@@ -191,9 +228,16 @@ class Links:
                     self.grown.add(pn)
                     self.grown.add(po)
 
+    def _object_steps(self, seg: Segment, step: Callable[..., list[int]]) -> list[int]:
+        """distinct_objects: 1 for the pairs that start (end) their link's count on an object, else 0."""
+        assert self._objects is not None  # eo names the link too: participants and objects share a kind
+        hit = set(step(self._objects, seg.eo, range(len(seg.eo))))
+        return [1 if i in hit else 0 for i in range(len(seg.eo))]
+
     def remove(self, seg: Segment) -> None:
         links, dirty, track, shrunk = self.links, self.dirty, self._track, self.minp > 1
-        for uk, pn, po, sn, so in zip(seg.uk, seg.pn, seg.po, seg.sn, seg.so):
+        counts = [1] * len(seg.uk) if self._objects is None else self._object_steps(seg, _lasts)
+        for uk, pn, po, sn, so, c in zip(seg.uk, seg.pn, seg.po, seg.sn, seg.so, counts):
             link = links[uk]
             if track:
                 self._unpartner(sn, pn, po, link)
@@ -201,7 +245,7 @@ class Links:
                 if shrunk:
                     self.shrunk.add(pn)
                     self.shrunk.add(po)
-            link.n -= 1
+            link.n -= c
             if not link.n:
                 del links[uk]
                 for p, q in ((pn, po), (po, pn)):
@@ -292,6 +336,7 @@ class Links:
         ek = pair_key(self.account_of(uk >> 32), self.account_of(uk & _LOW))
         old = self.ew.get(ek, 0)
         new = old + delta
+        self.total += delta
         if new:
             self.ew[ek] = new
         else:

@@ -44,7 +44,7 @@ class CoActionParams(Section):
     )
     min_weight: int = Field(2, ge=1, description="pairs with at least this many co-actions may form graph edges ...")
     max_p_value: float = Field(
-        1e-8,
+        1e-7,
         gt=0,
         le=1,
         description="... if that many are improbable by chance: Poisson tail P(X >= weight) with mean n_a * n_b * rho "
@@ -74,10 +74,11 @@ class CoActionParams(Section):
     object_types: list[str] | None = Field(
         None, description="if set, object_id counts only for events whose object_type is listed (e.g. [\"url\", \"phash\"])"
     )
-    weight_mode: Literal["share_pairs", "distinct_contents"] = Field(
-        "share_pairs",
-        description="share_pairs: a pair's weight counts pairs of shares (CooRTweet); distinct_contents: the larger of "
-        "the two accounts' counts of distinct posts co-shared with the other (coordination-network-toolkit)",
+    weight_mode: Literal["distinct_objects", "share_pairs", "distinct_contents"] = Field(
+        "distinct_objects",
+        description="distinct_objects: a pair's weight counts the objects both acted on within pair_window_s (a like, "
+        "a retweet and a reply of one post are one); share_pairs: pairs of shares (CooRTweet); distinct_contents: the "
+        "larger of the two accounts' counts of distinct posts co-shared with the other (coordination-network-toolkit)",
     )
     participation_scope: Literal["all", "object_type"] = Field(
         "all",

@@ -1,11 +1,12 @@
 """Detection quality of the default config on a labelled synthetic stream (all detectors).
 
-The issue's targets on full default streams are precision >= 0.95, recall >= 0.90, every
-campaign caught and <= 1 % of hard-negative accounts flagged. Precision and hard
-negatives are asserted at the target. Recall and campaigns caught are NOT yet at the
-target (measured on this stream: recall 0.874, 15 of 20 campaigns; weak copy_paste waves
-and medium retweet rings are missed); their floors below guard against regressions and
-must be raised to the targets when the detectors get there.
+The issue's targets on full default streams (24 h, three seeds) are precision >= 0.95, recall
+>= 0.90, every campaign caught and <= 1 % of hard-negative accounts flagged; they are measured
+with ``coordwatch generate`` / ``replay`` / ``evaluate`` (see the issue note). This 6 h stream is
+smaller and harder for the weakest campaigns (fewer repetitions in memory): measured precision
+1.000, recall 0.888, 19 of 20 campaigns caught, no hard negative flagged. Precision and hard
+negatives are asserted at the target; recall and campaigns caught at floors just under the
+measurement, against regressions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from detectors.schema import alert_errors
 from detectors.synthetic import SyntheticStream
 from streams.config import load
 
-RECALL_FLOOR = 0.85  # target 0.90
-CAUGHT_FLOOR = 15  # target: all 20
+RECALL_FLOOR = 0.87  # measured 0.888 on this stream
+CAUGHT_FLOOR = 19  # measured 19 of 20
 
 
 def test_default_config_on_a_labelled_stream():
