@@ -20,7 +20,13 @@ import orjson
 from streams.broker import BrokerError, kafka_python_settings
 from streams.config import Config
 
-COLUMNS = (("time (UTC)", 19), ("type", 14), ("score", 7), ("accounts", 8), ("top accounts", 34), ("keys", 0))
+COLUMNS = (
+    ("time (UTC)", 19), ("type", 14), ("status", 6), ("score", 7), ("accounts", 8), ("top accounts", 34), ("keys", 0),
+)  # fmt: skip
+#: ``coordwatch demo``'s narrower table (about 120 characters): the time of day only
+COMPACT = (
+    ("time", 8), ("type", 14), ("status", 6), ("score", 7), ("accounts", 8), ("top accounts", 24), ("keys", 44),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,11 @@ class Filter:
 
 
 def read_alerts(
-    config: Config, *, follow: bool, from_beginning: bool, idle_timeout_s: float | None
+    config: Config, *, follow: bool, from_beginning: bool, idle_timeout_s: float | None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
-    """Raw alert values, each ``alert_id`` once, until the end (or idle, with ``follow``)."""
+    """Raw alert values, each ``alert_id`` once, until the end (or idle, with ``follow``,
+    or once ``stop()`` is true: it is asked at least every 0.2 s)."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = config.topics.alerts
@@ -66,6 +74,8 @@ def read_alerts(
                 return
             if idle_timeout_s is not None and time.monotonic() - last_new > idle_timeout_s:
                 return
+            if stop is not None and stop():
+                return
             for records in consumer.poll(timeout_ms=200).values():
                 for rec in records:
                     alert_id = orjson.loads(rec.value).get("alert_id")
@@ -78,17 +88,20 @@ def read_alerts(
         consumer.close()
 
 
-def header() -> str:
-    return "  ".join(f"{name:<{width}}" if width else name for name, width in COLUMNS)
+def header(compact: bool = False) -> str:
+    columns = COMPACT if compact else COLUMNS
+    return "  ".join(f"{name:<{width}}" if width else name for name, width in columns).rstrip()
 
 
-def row(alert: dict[str, Any]) -> str:
+def row(alert: dict[str, Any], compact: bool = False) -> str:
     end = alert.get("window", {}).get("end")
-    when = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M:%S") if end is not None else "-"
+    fmt = "%H:%M:%S" if compact else "%Y-%m-%d %H:%M:%S"
+    when = datetime.fromtimestamp(end, UTC).strftime(fmt) if end is not None else "-"
     top = ",".join(alert.get("accounts", [])[:3])
     keys = ",".join(alert.get("keys", [])[:3])
-    cells = (when, alert.get("type", "?"), f"{alert.get('score', 0):.3f}", str(alert.get("account_count", "")), top, keys)
-    return "  ".join(_fit(c, w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
+    cells = (when, alert.get("type", "?"), alert.get("status", ""), f"{alert.get('score', 0):.3f}",
+             str(alert.get("account_count", "")), top, keys)  # fmt: skip
+    return "  ".join(_fit(c, w) for c, (_, w) in zip(cells, COMPACT if compact else COLUMNS, strict=True)).rstrip()
 
 
 def _fit(text: str, width: int) -> str:

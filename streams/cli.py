@@ -107,26 +107,88 @@ def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path, summary_json: Path |
 
 
 @cli.command("generate")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (or --to-kafka).")
+@click.option("--to-kafka", is_flag=True,
+              help="Stream the events into the input topic (topics.events[0]) as they are generated; no files.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--rate", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Mean organic events per second.")
+@click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Hours of event time.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="With --out: mean organic events per second of event time (default 8). With --to-kafka: events "
+                   "sent per second (default: as fast as possible); the stream keeps the default density and its "
+                   "event time is compressed to play at this rate.")
 @click.option("--accounts", default=20_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def generate_cmd(out: Path, seed: int, hours: float, rate: float, accounts: int, progress: bool) -> None:
-    """A labelled synthetic stream: DIR/events.jsonl and DIR/labels.json."""
-    from detectors.synthetic import generate
+@click.option("--envelope", type=click.IntRange(min=1),
+              help="With --to-kafka: events per message (default 100; 1 = one plain event per message).")
+@click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
+@click.option("--json-status", is_flag=True, hidden=True,
+              help="With --to-kafka: a JSON status line on stdout every second and at the end (for coordwatch demo).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="With --to-kafka: TOML config file.")
+@click.option("--preset", help="With --to-kafka: a named preset (applied before --config).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="With --to-kafka: override one key (repeatable); the value is read as a TOML literal.")
+def generate_cmd(out: Path | None, to_kafka: bool, seed: int, hours: float, rate: float | None, accounts: int,
+                 envelope: int | None, progress: bool, json_status: bool, config_file: str | None,
+                 preset: str | None, sets: tuple[str, ...]) -> None:
+    """A labelled synthetic stream: DIR/events.jsonl and DIR/labels.json, or (--to-kafka)
+    sent to the input topic as batch envelopes at --rate events/s; prints events/s."""
+    if to_kafka == (out is not None):
+        raise click.UsageError("give either --out DIR or --to-kafka")
+    if not to_kafka:
+        unused = [name for name, v in (("--envelope", envelope), ("--config", config_file), ("--preset", preset),
+                                       ("--set", sets or None), ("--json-status", json_status or None)) if v]
+        if unused:
+            raise click.UsageError(f"{', '.join(unused)}: only with --to-kafka")
+        from detectors.synthetic import DEFAULT_RATE, generate
+
+        assert out is not None
+        try:
+            summary = generate(out, seed=seed, hours=hours, rate=rate or DEFAULT_RATE, accounts=accounts,
+                               progress=progress)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        click.echo(
+            f"{summary['events']} events ({summary['campaign_events']} injected, {summary['campaigns']} campaigns) "
+            f"from {summary['active_accounts']} accounts in {summary['seconds']:.1f} s -> {out}",
+            err=True,
+        )
+        return
+    _generate_to_kafka(cfg.load(config_file, preset=preset, sets=sets).config, seed=seed, hours=hours, rate=rate,
+                       accounts=accounts, envelope=envelope or 100, progress=progress, json_status=json_status)
+
+
+def _generate_to_kafka(config: cfg.Config, *, seed: int, hours: float, rate: float | None, accounts: int,
+                       envelope: int, progress: bool, json_status: bool) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from detectors.synthetic import SyntheticStream
+    from streams.broker import describe
+    from streams.produce import ProduceSummary, produce_stream
 
     try:
-        summary = generate(out, seed=seed, hours=hours, rate=rate, accounts=accounts, progress=progress)
+        stream = SyntheticStream(seed=seed, hours=hours, accounts=accounts)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    click.echo(
-        f"{summary['events']} events ({summary['campaign_events']} injected, {summary['campaigns']} campaigns) "
-        f"from {summary['active_accounts']} accounts in {summary['seconds']:.1f} s -> {out}",
-        err=True,
-    )
+    topic = config.topics.events[0]
+    pace = f"{rate:,.0f} events/s" if rate else "as fast as possible"
+    click.echo(f"generate: {hours:g} h of event time (seed {seed}, {len(stream.labels['campaigns'])} campaigns) "
+               f"-> {topic} on {describe(config.kafka)}, {pace}", err=True)
+    last_line = [time.monotonic()]
+
+    def report(s: ProduceSummary) -> None:
+        if json_status:
+            click.echo(orjson.dumps(s.to_dict()).decode())
+        if progress and time.monotonic() - last_line[0] >= 5:
+            last_line[0] = time.monotonic()
+            when = datetime.fromtimestamp(s.event_time, UTC).strftime("%Y-%m-%d %H:%M") if s.event_time else "-"
+            click.echo(f"generate: {s.events:,} events sent ({s.events_per_s:,.0f}/s), event time {when} UTC", err=True)
+
+    summary = produce_stream(config, stream, envelope=envelope, rate=rate, topic=topic,
+                             progress=report if (json_status or progress) else None)
+    span_s = (stream.end_ms - stream.start_ms) / 1000
+    click.echo(f"{summary.format()}; {hours:g} h of event time in {summary.seconds:.1f} s "
+               f"(x{span_s / summary.seconds:,.0f}) -> {topic}", err=True)
 
 
 @cli.command("evaluate")
@@ -192,6 +254,35 @@ def produce_cmd(loaded: cfg.Loaded, events: Path, rate: float | None, envelope: 
 
     summary = produce(loaded.config, events, envelope=envelope, rate=rate, key=key, topic=topic)
     click.echo(summary.format(), err=True)
+
+
+from streams.demo import DEFAULT_MINUTES, DEFAULT_RATE  # noqa: E402  (light: no Kafka or Faust import)
+
+
+@cli.command("demo")
+@click.option("--rate", default=DEFAULT_RATE, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Events per second sent to the worker.")
+@click.option("--minutes", default=DEFAULT_MINUTES, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="How long to stream (cut to what the embedded broker's memory budget allows).")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Embedded broker port on 127.0.0.1 (0 = any free port; default: kafka.broker's, 9092).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Generator seed.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--preset", help="A named preset shipped with coordwatch (applied before --config).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one key (repeatable); the value is read as a TOML literal.")
+def demo_cmd(rate: float, minutes: float, port: int | None, seed: int, config_file: str | None,
+             preset: str | None, sets: tuple[str, ...]) -> None:
+    """The live demo: embedded broker, a worker and the generator; alerts as they arrive,
+    throughput and lag every few seconds. Ctrl-C stops everything it started."""
+    from streams.demo import Demo, config_args
+
+    loaded = cfg.load(config_file, preset=preset, sets=sets)  # invalid config: exit 2 before anything starts
+    demo = Demo(loaded, rate=rate, minutes=minutes, port=port, seed=seed,
+                config_args=config_args(config_file, preset, sets), echo=click.echo)
+    code = demo.run()
+    if code:
+        sys.exit(code)
 
 
 @cli.command("alerts")
