@@ -14,10 +14,10 @@ seen) and drops events older than ``watermark - allowed_lateness_s``, counting t
 ``stats["late_dropped"]``; subclasses see only events they must handle, and
 ``self.marks[i]`` is the watermark as of the i-th of them.
 
-Every alert carries ``at``: the watermark when it was decided (``self.marks[i]`` of the
-event that decided it, or the watermark given to ``advance``). It is a function of the
-event sequence, never decreases along a detector's output, and lets the pipeline put the
-alerts of all detectors into one order however the input was batched.
+Every alert carries ``at``: the event time it was decided at (``self.marks[i]`` of the
+event that decided it, or the evaluation time it belongs to, or ``inf`` for the final flush).
+It is a function of the event sequence, never decreases along a detector's output, and lets
+the pipeline put the alerts of all detectors into one order however the input was batched.
 
 Determinism rule for every detector: alerts are a function of the event *sequence* and
 the params, never of how it was cut into batches (replay uses large batches, a worker

@@ -98,7 +98,7 @@ import numpy as np
 
 from detectors.alert_graph import AlertGraph
 from detectors.base import Alert, Detector, stable_id
-from detectors.co_weights import Counting, Links, Weights, pair_key
+from detectors.co_weights import Counting, Links, Weights
 from detectors.events import Event
 from detectors.pairing import Pairer
 from detectors.params import CoActionParams
@@ -156,6 +156,67 @@ def quantile7(hist: dict[int, int], q: float) -> float:
         h = index - lo
         return (1 - h) * x_lo + h * x_hi
     return float(x_lo)
+
+
+class ObjectLoad:
+    """Actions per object over the last ``span_s``, exactly, as whole panes of ``span_s /
+    PANES`` plus the current pane: a viral object is recognised with a dict operation per
+    object and batch, and memory follows the objects of the span."""
+
+    PANES = 6
+
+    def __init__(self, span_s: float) -> None:
+        self.pane_s = span_s / self.PANES
+        self.pane = -math.inf  # the current pane
+        self.current: Counter[int] = Counter()
+        self.history: list[tuple[float, Counter[int]]] = []  # closed panes of the span, oldest first
+        self.window: Counter[int] = Counter()  # their sum
+
+    def counts(self, obj: np.ndarray, wm: np.ndarray) -> np.ndarray:
+        """Each action's count of earlier actions on its object in the span (actions in
+        position order, ``wm`` their watermarks), then counts them in."""
+        out = np.empty(obj.size, dtype=np.int64)
+        panes = np.floor(wm / self.pane_s)
+        runs = np.flatnonzero(np.diff(panes)) + 1
+        for lo, hi in zip([0, *runs.tolist()], [*runs.tolist(), obj.size]):
+            if panes[lo] > self.pane:
+                self._roll(float(panes[lo]))
+            o = obj[lo:hi]
+            uniq, first, inverse, n = np.unique(o, return_index=True, return_inverse=True, return_counts=True)
+            keys = uniq.tolist()
+            base = np.array([self.window[k] + self.current[k] for k in keys], dtype=np.int64)
+            order = np.argsort(inverse, kind="stable")  # each object's actions, in position order
+            rank = np.empty(o.size, dtype=np.int64)
+            rank[order] = np.arange(o.size) - np.repeat(np.cumsum(n) - n, n)
+            out[lo:hi] = base[inverse] + rank
+            self.current.update(dict(zip(keys, n.tolist())))
+        return out
+
+    def _roll(self, pane: float) -> None:
+        if self.current:
+            self.history.append((self.pane, self.current))
+            self.window.update(self.current)
+        self.current, self.pane = Counter(), pane
+        while self.history and self.history[0][0] <= pane - self.PANES:
+            window = self.window
+            for k, c in self.history.pop(0)[1].items():
+                left = window[k] - c
+                if left:
+                    window[k] = left
+                else:
+                    del window[k]
+
+    def state(self) -> dict[str, Any]:
+        return {"pane": _fin(self.pane), "current": sorted(self.current.items()),
+                "history": [[p, sorted(c.items())] for p, c in self.history]}  # fmt: skip
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.pane = _unfin(state["pane"])
+        self.current = Counter(dict(map(tuple, state["current"])))  # type: ignore[arg-type]
+        self.history = [(p, Counter(dict(map(tuple, c)))) for p, c in state["history"]]  # type: ignore[arg-type]
+        self.window = Counter()
+        for _, c in self.history:
+            self.window.update(c)
 
 
 class _Ids:
@@ -387,6 +448,7 @@ class CoActionDetector(Detector[CoActionParams]):
         self._kinds: dict[str, int] = {}
         self._fields = [(f, _OBJECT_ID if f == "object_id" else self._kind(f[:-1])) for f in p.object_fields]
         self._pairer = Pairer(p.pair_window_s, self._keep_s, p.max_fanout)
+        self._load = ObjectLoad(p.memory_s)
         self._accounts = _Ids()
         self._parts = _Ids() if self._per_type else self._accounts  # participants
         self._paid = np.empty(0, dtype=np.int64)  # participant -> account (per-type scope)
@@ -444,8 +506,9 @@ class CoActionDetector(Detector[CoActionParams]):
         cross = np.flatnonzero(buckets > prev)  # events crossing an evaluation time (evaluated before them)
         a_cut = np.searchsorted(acts.ev, cross) if acts is not None else np.zeros(cross.size, dtype=np.int64)
         p_cut = np.searchsorted(acts.pair_new, a_cut) if acts is not None else a_cut
-        times = buckets[cross] * step
-        # an evaluation with no new pair or row and nothing expiring or to sweep changes nothing: skip it
+        first = prev[cross] + 1  # the first evaluation time each crossing event passes (bucket index)
+        last = buckets[cross]
+        # only evaluations with new pairs or rows, or something expiring or to sweep, change anything
         grew = np.diff(p_cut, prepend=0) > 0
         if self._track:
             grew |= np.diff(a_cut, prepend=0) > 0
@@ -456,14 +519,12 @@ class CoActionDetector(Detector[CoActionParams]):
         k = 0
         while k < cross.size:
             nb = int(busy[np.searchsorted(busy, k)]) if busy.size and busy[-1] >= k else cross.size
-            k = min(nb, k + int(np.searchsorted(times[k:], self._due())))
+            k = min(nb, k + int(np.searchsorted(last[k:] * step, self._due())))
             if k >= cross.size:
                 break
             if acts is not None:
                 self._apply(acts, int(a_cut[k]), int(p_cut[k]))
-            e = int(cross[k])
-            self._bucket = float(buckets[e])
-            alerts += self._evaluate(float(times[k]), float(marks[e]))
+            alerts += self._pass(float(first[k]), float(last[k]))
             k += 1
         if cross.size:
             self._bucket = float(buckets[cross[-1]])
@@ -538,7 +599,11 @@ class CoActionDetector(Detector[CoActionParams]):
         refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
         self._next_ref += n
         self._store.add(int(refs[0]), ts, [eid_c[i] for i in ev.tolist()], vals, post)
-        pairs = self._pairer.pair(obj, pid, ts, refs, float(marks[-1]))
+        quiet = None
+        if self.params.max_object_actions:
+            quiet = self._load.counts(obj, wm) >= self.params.max_object_actions
+            self.stats["viral_actions"] += int(quiet.sum())
+        pairs = self._pairer.pair(obj, pid, ts, refs, float(marks[-1]), quiet)
         k = len(pairs)
         self.stats["pairs"] += k
         new = pairs.new
@@ -613,8 +678,21 @@ class CoActionDetector(Detector[CoActionParams]):
         bucket = math.floor(watermark / self.params.eval_interval_s)
         if bucket <= self._bucket:
             return []
-        self._bucket = float(bucket)
-        return self._evaluate(bucket * self.params.eval_interval_s, watermark)
+        return self._pass(self._bucket + 1, float(bucket))
+
+    def _pass(self, first: float, last: float) -> list[Alert]:
+        """Event time passes the evaluation times of buckets ``first`` to ``last``: evaluate the
+        first if something changed before it, then each one where something expires or a sweep
+        is due (the others would change nothing)."""
+        step = self.params.eval_interval_s
+        alerts: list[Alert] = []
+        b = first
+        if self._pending or self._due() <= b * step:
+            alerts += self._evaluate(b * step, b * step)
+        while (due := self._due()) < math.inf and (b := max(b + 1, math.ceil(due / step))) <= last:
+            alerts += self._evaluate(b * step, b * step)
+        self._bucket = last
+        return alerts
 
     def _evaluate(self, t: float, at: float) -> list[Alert]:
         """Expire, update the alert graph where it changed, examine grown components, sweep
@@ -922,6 +1000,7 @@ class CoActionDetector(Detector[CoActionParams]):
             "parts": self._parts.state() if self._per_type else None,
             "store": store_head,
             "posts": list(self._posts.items()),
+            "load": self._load.state(),
             "weights": self._weights.state(),  # type: ignore[attr-defined]
             "cand": self._cand.state(),
             "cut": self._cut,
@@ -953,6 +1032,7 @@ class CoActionDetector(Detector[CoActionParams]):
         if self._per_type:
             self._parts.load(state["parts"])
         self._posts = dict(map(tuple, state["posts"]))  # type: ignore[arg-type]
+        self._load.load(state["load"])
         n = len(live["seen"])
         self._pairs = _Pairs()
         self._pairs.chunks = [live] if n else []

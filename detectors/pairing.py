@@ -71,9 +71,13 @@ class Pairer:
     def __len__(self) -> int:
         return int(self.ref.size)
 
-    def pair(self, obj: np.ndarray, part: np.ndarray, ts: np.ndarray, ref: np.ndarray, watermark: float) -> Pairs:
+    def pair(
+        self, obj: np.ndarray, part: np.ndarray, ts: np.ndarray, ref: np.ndarray, watermark: float,
+        quiet: np.ndarray | None = None,
+    ) -> Pairs:
         """Pair a batch of actions (in position order) with the tail and with each other;
-        the tail then keeps what may pair after ``watermark``."""
+        the tail then keeps what may pair after ``watermark``. ``quiet`` actions pair with
+        nothing earlier (later actions may still pair with them)."""
         nt = self.ref.size
         O = np.concatenate((self.obj, obj))  # noqa: E741 - short names for the sorted columns
         P = np.concatenate((self.part, part))
@@ -91,7 +95,10 @@ class Pairer:
         nxt = np.full(n, _NEVER, dtype=np.int64)
         nxt[by_part[:-1][same]] = R[by_part[1:][same]]
 
-        rows = np.flatnonzero(order >= nt)  # the new actions, in sorted index space
+        new = order >= nt  # the new actions, in sorted index space
+        if quiet is not None:
+            new[new] = ~quiet[order[new] - nt]
+        rows = np.flatnonzero(new)
         pairs = self._scan(rows, start, P, T, R, nxt)
         self._keep(O, P, T, R, nxt, head, watermark)
         new_sorted, j = pairs

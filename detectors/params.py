@@ -66,6 +66,12 @@ class CoActionParams(Section):
         description="a new action pairs with at most this many most-recent distinct accounts on the object "
         "(bounds viral objects); 0 = every action in the window (peer parity)",
     )
+    max_object_actions: int = Field(
+        1000,
+        ge=0,
+        description="an object with this many actions in the last memory_s is viral: its further actions pair with "
+        "nobody (bounds one object's pairs to about this x max_fanout); 0 = no cap (peer parity)",
+    )
     object_fields: list[ObjectField] = Field(
         default_factory=lambda: ["object_id", "urls"],
         min_length=1,

@@ -1,35 +1,45 @@
-"""The detection pipeline: every enabled detector plus the linker, cut at event-time ticks.
+"""The detection pipeline: every enabled detector plus the linker, over one canonical sequence.
 
-Replay and the stream workers both drive a :class:`Pipeline`. The watermark (the newest
-event time so far, in sequence order) is cut at a fixed grid, ``linking.tick_s``. A tick
-is complete once an event of a later tick arrives; the events of all complete ticks in a
-batch go to every detector in ONE call (detectors vectorise over a batch, so big calls
-are cheap and tiny ones dear), the events of the open tick wait for the next batch. The
-alerts are then put in one order, (tick of the watermark they were decided at, detector,
-group id, revision), and linked in it; before a tick's alerts are linked the linker forgets
-alerts that ended ``linking.memory_s`` before the tick began. Detectors are batch-
-independent (their conformance test) and every key of that order is a function of the
-event sequence, so the output is byte-identical however the input was batched (file
-chunks, Kafka fetches, a restart in between). The cost is up to one tick of latency.
+Replay and the stream workers both drive a :class:`Pipeline`. Event time is cut into ticks of
+``linking.tick_s`` by each event's own time. A tick closes once the watermark has passed its
+end by the lateness bound (the largest ``allowed_lateness_s`` of the enabled detectors); its
+events are then sorted by (ts, event id, account, action) and go, with every other tick
+closed at the same time, to each detector in ONE call (detectors vectorise over a batch), and
+each detector is then told that event time reached the end of the last closed tick. An event
+for a tick already closed is late: it is never processed, but kept in :attr:`Pipeline.late`
+for the caller to report (replay's rejects file, a worker's dead-letter topic).
+
+So the detectors see one time-sorted sequence, the same however the input was batched, in
+whatever order it arrived within the lateness bound, and however it was spread over Kafka
+partitions: the watermark only decides *when* a tick is handled, never what is in it. The
+alerts are put in one order, (tick of the watermark they were decided at, detector, group id,
+revision), and linked in it; before a tick's alerts are linked the linker forgets alerts that
+ended ``linking.memory_s`` before the tick began. The cost is latency: a tick is handled
+``allowed_lateness_s`` after it ends.
+
+``process(events)`` buffers a batch and closes what its newest event time allows (one input
+in sequence order: replay); a worker fed by several partitions calls ``add`` and then
+``advance`` with the least of their watermarks.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+from operator import attrgetter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from detectors.base import Alert, Detector
-from detectors.events import Event, event_to_json, parse_event
+from detectors.events import Event, Rejection, event_to_json, parse_event
 from detectors.linker import Linker
 from detectors.params import LinkingParams
 from sketches.errors import IncompatibleSketchError
 from sketches.protocol import pack, unpack
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 #: Generation-0 threshold while a pipeline runs (CPython's default is 700).
 GC_GEN0_THRESHOLD = 100_000
@@ -61,13 +71,19 @@ def detector_classes() -> dict[str, type[Detector[Any]]]:
     return {"co_action": CoActionDetector, "near_duplicate": NearDuplicateDetector, "burst": BurstDetector}
 
 
+_ORDER = attrgetter("ts", "event_id", "account_id", "action")
+
+
 class Pipeline:
     def __init__(self, detectors: Sequence[Detector[Any]], linking: LinkingParams) -> None:
         self.detectors = list(detectors)
         self.linking = linking
         self.linker = Linker(linking.memory_s, linking.min_shared_accounts)
-        self._buffer: list[Event] = []
-        self._tick = -math.inf  # index of the tick the buffer belongs to
+        self.lateness = max((d.params.allowed_lateness_s for d in self.detectors), default=0.0)
+        self.late: list[Event] = []  # process()'s late events, for the caller to report and clear
+        self._open: dict[float, list[Event]] = {}  # tick index -> its events so far
+        self._closed = -math.inf  # ticks up to this index are closed
+        self._newest = -math.inf  # the newest event time added
 
     @classmethod
     def from_config(cls, config: DetectorConfig) -> Pipeline:
@@ -79,38 +95,63 @@ class Pipeline:
         ]
         return cls(dets, config.linking)
 
+    @property
+    def newest(self) -> float:
+        """The newest event time added (the watermark of one input read in order)."""
+        return self._newest
+
     # -- driving ---------------------------------------------------------------------
     def process(self, events: Sequence[Event]) -> list[Alert]:
+        """Add a batch (late events into :attr:`late`) and close the ticks its newest event time allows."""
+        self.late += self.add(events)
+        return self.advance(self._newest)
+
+    def add(self, events: Sequence[Event]) -> list[Event]:
+        """Buffer events into their ticks; returns the late ones (their tick is closed)."""
+        late: list[Event] = []
         if not events:
-            return []
+            return late
         ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
-        ticks = np.maximum(np.floor(np.maximum.accumulate(ts) / self.linking.tick_s), self._tick)
-        last = float(ticks[-1])
-        if last == self._tick:  # the open tick goes on
-            self._buffer.extend(events)
-            return []
-        cut = int(np.searchsorted(ticks, last))  # the first event of the new open tick
-        ready, self._buffer = [*self._buffer, *events[:cut]], list(events[cut:])
-        self._tick = last
-        return self._link(self._detect(ready))
+        self._newest = max(self._newest, float(ts.max()))
+        ticks = np.floor(ts / self.linking.tick_s)
+        runs = np.flatnonzero(np.diff(ticks)) + 1  # events arrive mostly in order: one list op per run
+        for lo, hi in zip([0, *runs.tolist()], [*runs.tolist(), len(events)]):
+            k = float(ticks[lo])
+            if k <= self._closed:
+                late += events[lo:hi]
+            else:
+                self._open.setdefault(k, []).extend(events[lo:hi])
+        return late
+
+    def late_rejection(self, e: Event) -> Rejection:
+        """What a late event becomes for the rejects file or the dead-letter topic."""
+        return Rejection(
+            "late",
+            f"ts {e.ts} is in a tick closed at watermark {self._newest} (more than "
+            f"{self.lateness:g} s late): never processed",
+            event_to_json(e),
+        )
 
     def advance(self, watermark: float) -> list[Alert]:
-        """Event time reached ``watermark``: close the open tick if it is over, close windows.
-
-        ``advance(math.inf)`` flushes everything (end of a replay).
-        """
-        found: list[Alert] = []
+        """Event time reached ``watermark``: handle the ticks it closes. ``advance(math.inf)``
+        closes everything (the end of a replay)."""
         step = self.linking.tick_s
-        if watermark == math.inf or math.floor(watermark / step) > self._tick:
-            ready, self._buffer = self._buffer, []
-            found = self._detect(ready)
-        else:  # the open tick's events are still to come for the detectors: time stops at its start
-            watermark = min(watermark, self._tick * step)
-        found += [a for d in self.detectors for a in d.advance(watermark)]
+        upto = math.inf if watermark == math.inf else math.floor((watermark - self.lateness) / step) - 1
+        if upto <= self._closed:
+            return []
+        batch: list[Event] = []
+        for k in sorted(k for k in self._open if k <= upto):
+            events = self._open.pop(k)
+            events.sort(key=_ORDER)
+            batch += events
+        self._closed = upto
+        horizon = math.inf if upto == math.inf else (upto + 1) * step
+        found: list[Alert] = []
+        for d in self.detectors:
+            if batch:
+                found += d.process(batch)
+            found += d.advance(horizon)
         return self._link(found)
-
-    def _detect(self, batch: list[Event]) -> list[Alert]:
-        return [a for d in self.detectors for a in d.process(batch)] if batch else []
 
     def _link(self, alerts: list[Alert]) -> list[Alert]:
         """``alerts`` in the pipeline's order, each linked to the earlier ones."""
@@ -133,16 +174,17 @@ class Pipeline:
 
     # -- state -----------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """All state: each detector's snapshot, the linker index and the unflushed buffer."""
+        """All state: each detector's snapshot, the linker index and the open ticks' events."""
         header = {
             "kind": "pipeline",
             "version": STATE_VERSION,
             "detectors": [d.NAME for d in self.detectors],
-            "tick": None if self._tick == -math.inf else self._tick,
+            "closed": None if self._closed == -math.inf else self._closed,
+            "newest": None if self._newest == -math.inf else self._newest,
             "linker": self.linker.state(),
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
-        buffered = b"\n".join(event_to_json(e) for e in self._buffer)
+        buffered = b"\n".join(event_to_json(e) for k in sorted(self._open) for e in self._open[k])
         return pack(header, [*arrays, np.frombuffer(buffered, dtype=np.uint8)])
 
     def restore(self, data: bytes) -> None:
@@ -156,8 +198,10 @@ class Pipeline:
         self.detectors = [
             type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)
         ]
-        self._tick = -math.inf if header["tick"] is None else header["tick"]
+        self._closed = -math.inf if header["closed"] is None else header["closed"]
+        self._newest = -math.inf if header["newest"] is None else header["newest"]
         self.linker = Linker(self.linking.memory_s, self.linking.min_shared_accounts)
         self.linker.load_state(header["linker"])
         raw = arrays[-1].tobytes()
-        self._buffer = [parse_event(line) for line in raw.split(b"\n")] if raw else []  # type: ignore[misc]
+        self._open = {}
+        self.add([parse_event(line) for line in raw.split(b"\n")] if raw else [])  # type: ignore[misc]

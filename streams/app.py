@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import struct
 import time
 import uuid
@@ -49,7 +48,7 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import Counter, Gauge
 
 from detectors.base import Alert
-from detectors.events import Event, Rejection, parse_message
+from detectors.events import Rejection, parse_message
 from detectors.pipeline import Pipeline, tune_gc
 from streams.broker import aiokafka_settings, faust_settings
 from streams.config import Config
@@ -241,7 +240,6 @@ class Ingest:
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching it
-        self._max_ts = -math.inf
 
     async def restore(self) -> None:
         """Resume from the newest snapshot, or write a first one (it fixes where the
@@ -282,22 +280,24 @@ class Ingest:
             await self._publish(alerts)
 
     def _detect(self, todo: list[tuple[Any, bytes]]) -> tuple[list[tuple[Any, Rejection]], list[Alert]]:
-        """Parse and detect (on the pipeline thread)."""
-        batch: list[Event] = []
+        """Parse and detect (on the pipeline thread); rejects and late events with their message."""
         rejected = []
         max_bytes = self.config.events.max_event_bytes
+        pipeline, n = self.pipeline, 0
         for msg, value in todo:
+            events = []
             for item in parse_message(value, max_bytes):
                 if type(item) is Rejection:
                     rejected.append((msg, item))
                 else:
-                    batch.append(item)  # type: ignore[arg-type]
-        if not batch:
+                    events.append(item)
+            n += len(events)
+            rejected += [(msg, pipeline.late_rejection(e)) for e in pipeline.add(events)]  # type: ignore[arg-type]
+        if not n:
             return rejected, []
-        EVENTS.inc(len(batch))
-        self._max_ts = max(self._max_ts, max(e.ts for e in batch))
-        WATERMARK.set(self._max_ts)
-        return rejected, self.pipeline.process(batch)
+        EVENTS.inc(n)
+        WATERMARK.set(pipeline.newest)
+        return rejected, pipeline.advance(pipeline.newest)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run pipeline work on its one thread. On the event loop it would stall Faust's

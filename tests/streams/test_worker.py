@@ -45,7 +45,10 @@ def stream_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stream") / "events.jsonl"
     events = list(SyntheticStream(seed=3, hours=3, rate=3, accounts=8000).events())
     last = max(e["ts"] for e in events)
-    sentinels = [{"ts": last + d * 86_400, "account_id": "sentinel", "action": "heartbeat"} for d in (1, 2)]
+    # a day later every window is over, and a post (a document: near_duplicate sends due updates
+    # at documents) makes the stream close them as a replay's end of file does
+    sentinels = [{"ts": last + d * 86_400, "account_id": "sentinel", "action": "post",
+                  "text": f"sentinel post number {d} after the end of the test stream"} for d in (1, 2)]  # fmt: skip
     path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events + sentinels))
     return path
 
