@@ -330,6 +330,20 @@ def bench_replay(quick: bool) -> None:
     run_suite("replay", quick=quick)
 
 
+@bench_group.command("stream")
+@click.option("--quick", is_flag=True, help="~100 k events and one run each (a smoke run, not for reporting).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Also run this many workers in one group (one partition each) and compare with one.")
+@click.option("--events", type=click.IntRange(min=1000),
+              help="Events to generate (default 1 M; 100 k with --quick).")
+@click.option("--repeat", type=click.IntRange(min=1), help="Worker runs per setting, best taken (default 3; 1 with --quick).")
+def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None) -> None:
+    """End to end on the embedded broker: produce, raw aiokafka consume, worker(s); events/s beside the raw rate."""
+    from streams.benchmarks.report import run_suite
+
+    run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one clear line and a non-zero exit."""
     try:

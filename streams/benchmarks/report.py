@@ -6,7 +6,7 @@ import importlib
 import math
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from streams.benchmarks.common import Row
 
@@ -19,14 +19,16 @@ SUITES: dict[str, tuple[str, ...]] = {
         "streams.benchmarks.parse",
     ),
     "replay": ("streams.benchmarks.replay",),
+    "stream": ("streams.benchmarks.stream",),
 }
 
 
-def run_suite(name: str, *, quick: bool = False, out: TextIO = sys.stdout) -> dict[str, float]:
-    """Run every module of suite ``name``; print a table, then the figures on one line."""
+def run_suite(name: str, *, quick: bool = False, out: TextIO = sys.stdout, **options: Any) -> dict[str, float]:
+    """Run every module of suite ``name`` (``options`` go to each ``run``); print a table,
+    then the figures on one line."""
     rows: list[Row] = []
     for module in SUITES[name]:
-        rows.extend(importlib.import_module(module).run(quick=quick))
+        rows.extend(importlib.import_module(module).run(quick=quick, **options))
     out.write(format_table(rows) + "\n")
     figures: dict[str, float] = {}
     for row in rows:

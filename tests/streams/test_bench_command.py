@@ -21,3 +21,22 @@ def test_bench_sketches_quick_prints_table_and_figures():
         assert float(figures[key]) > 0, key
     for key in ("cms_updates_per_s_vs_baseline", "lsh_ops_per_s_vs_baseline", "parse_events_per_s_vs_baseline"):
         assert float(figures[key]) > 0, key
+
+
+def test_bench_stream_quick_prints_table_and_figures():
+    """The embedded broker, a produced stream, the raw baseline and one real worker process."""
+    res = subprocess.run(
+        [sys.executable, "-m", "streams", "bench", "stream", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].split()[0] == "measured"
+    figures = dict(item.split("=", 1) for item in lines[-1].split())
+    for key in ("stream_events_per_s", "raw_consume_events_per_s", "stream_vs_raw", "produce_events_per_s",
+                "loop_events_per_s", "stream_vs_loop", "worker_startup_s"):
+        assert float(figures[key]) > 0, key
+    assert abs(float(figures["stream_vs_raw"]) * float(figures["raw_consume_events_per_s"])
+               - float(figures["stream_events_per_s"])) <= 0.01 * float(figures["stream_events_per_s"])

@@ -1,0 +1,644 @@
+"""``coordwatch bench stream``: end-to-end worker throughput beside same-run baselines.
+
+One run, all on this machine: the embedded broker (Tansu) on a free 127.0.0.1 port, fresh
+topic names, a synthetic stream (:class:`~detectors.synthetic.SyntheticStream`, 11.8
+events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) produced
+(aiokafka, acks=1) to the input topic as 100-event envelopes on ONE partition, as
+``coordwatch produce`` sends a file (file order: the worker sees replay's sequence). Then:
+
+* **raw baseline** (``raw_consume_events_per_s``): a plain aiokafka consumer reads the
+  topic end to end and decodes every envelope with ``orjson.loads`` (the JSON work the
+  worker does too), best of a few. For reference, the same over single-event messages.
+* **plain loop** (``loop_events_per_s``, own process): the worker's work -- parse and
+  one :class:`~detectors.pipeline.Pipeline` -- in an aiokafka ``getmany`` loop, no Faust.
+  This, not the raw rate, is what one worker can reach: the detection core costs ~10x
+  the consume + decode.
+* **end to end, 1 worker** (``stream_events_per_s``): a ``coordwatch worker`` process (a
+  fresh app id = consumer group, fresh alerts topic, its own ``--worker-id`` and data dir
+  under a temp dir), timed from its first input consumed (from its log line; its start-up,
+  spawn -> first input, is reported apart: imports, Faust's 1 s wait for tables and the
+  group join, ~session_timeout/2) until its Prometheus ``coordwatch_events_total`` (plus
+  rejects) reaches the produced count and its alerts stop growing (metric and topic end
+  offsets unchanged for ``QUIET_S``; the end is the last change). Best of a few.
+  ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
+
+``--workers N`` (N > 1) adds N workers in one group against ONE worker by the same
+protocol. This version runs one pipeline per worker over what it consumes
+(repartitioning is not in yet), so the input is N independent streams of 1/N of the
+events (seeds ``SEED + 1 + k``, the same event rate, so the same per-event detection
+work), one per partition: each worker gets one partition and a time-ordered stream; the
+lone worker gets the first of those streams. The workers join their group on an EMPTY
+topic; once each has consumed a marker on its partition (``[]``, a rejection) the
+assignment is settled, they are paused (SIGSTOP), the streams are produced, they are
+resumed (SIGCONT), and the clock starts at the first new input -- so no rebalance falls
+inside the timed span and nothing is processed twice. ``two_vs_one`` would be N if
+nothing serialised the workers and the cores were free.
+
+CPU (psutil) of the broker, every worker, this process and everything else on the
+machine is reported over each timed span: on a shared 2-core machine "other processes"
+says how much was left. Figures are rates; only the same-run ratios mean much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.benchmarks.common import Row
+
+RATE = 11.8  # organic events/s of event time: 1.0 M events in 24 h (detectors.synthetic)
+ENVELOPE = 100
+FULL_EVENTS = 1_000_000
+QUICK_EVENTS = 100_000
+SEED = 0
+QUIET_S = 1.5  # "alerts stopped growing": nothing new on the topic nor in the metric for this long
+POLL_S = 0.05
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- input -----------------------------------------------------------------------------
+def stream_envelopes(n_events: int, seed: int = SEED, rate: float = RATE) -> list[bytes]:
+    """The first ``n_events`` of a synthetic stream, as JSON arrays of ``ENVELOPE`` events."""
+    lines = stream_lines(n_events, seed, rate)
+    return [b"[" + b",".join(lines[i : i + ENVELOPE]) + b"]" for i in range(0, len(lines), ENVELOPE)]
+
+
+def stream_lines(n_events: int, seed: int = SEED, rate: float = RATE) -> list[bytes]:
+    """The first ``n_events`` of a synthetic stream, one JSON object each."""
+    from detectors.synthetic import SyntheticStream
+
+    # at least a day (the stream starts at night, on a daily rhythm), then cut: the
+    # generator is lazy, so events past the cut cost nothing
+    hours = max(24.0, n_events / (rate * 3600) * 1.2)
+    lines: list[bytes] = []
+    for chunk in SyntheticStream(seed=seed, hours=hours, rate=rate).chunks():
+        lines.extend(map(orjson.dumps, chunk))
+        if len(lines) >= n_events:
+            break
+    del lines[n_events:]
+    return lines
+
+
+def envelope_events(envelopes: Sequence[bytes]) -> int:
+    return sum(len(orjson.loads(m)) for m in envelopes)
+
+
+async def create_topic(servers: str, name: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(servers: str, topic: str, by_partition: Sequence[Sequence[bytes]]) -> float:
+    """Send ``by_partition[p]`` to partition ``p`` (aiokafka, acks=1); seconds until all acked."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=servers, acks=1, linger_ms=5, max_batch_size=1 << 20,
+        max_request_size=4 << 20, client_id="coordwatch-bench-produce",
+    )  # fmt: skip
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        pending = []
+        key = b"bench"
+        for p, msgs in enumerate(by_partition):
+            for m in msgs:
+                pending.append(await producer.send(topic, m, key=key, partition=p))
+                if len(pending) >= 2000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+        await asyncio.gather(*pending)
+        return time.perf_counter() - t0
+    finally:
+        await producer.stop()
+
+
+# -- the raw baseline ------------------------------------------------------------------------
+async def raw_consume(servers: str, topic: str, partitions: int, messages: int) -> tuple[float, int, int]:
+    """A plain aiokafka consumer reads ``topic`` from the start, ``orjson.loads`` on every
+    message: (seconds, messages, events)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers, group_id=None, enable_auto_commit=False, client_id="coordwatch-bench-raw"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        loads = orjson.loads
+        n_msgs = n_events = 0
+        t0 = time.perf_counter()
+        while n_msgs < messages:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                raise RuntimeError(f"raw consume: no message after {n_msgs} of {messages} within 1 s")
+            for records in batch.values():
+                for r in records:
+                    n_events += len(loads(r.value))
+                n_msgs += len(records)
+        return time.perf_counter() - t0, n_msgs, n_events
+    finally:
+        await consumer.stop()
+
+
+def loop_main(servers: str, topic: str, partitions: int, messages: int) -> None:
+    """The detection core in a plain aiokafka ``getmany`` loop, no Faust (run in its own
+    process by :func:`plain_loop`): the worker's work (``parse_messages`` + one pipeline)
+    at the worker's fetch size, on the main thread. Prints a JSON result line."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from detectors.events import parse_messages
+    from detectors.pipeline import Pipeline, tune_gc
+    from streams.config import load
+
+    config = load(environ={}).config
+    pipeline = Pipeline.from_config(config)
+    tune_gc()
+    max_bytes = config.events.max_event_bytes
+
+    async def go() -> dict[str, float]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers, group_id=None, enable_auto_commit=False, client_id="coordwatch-bench-loop"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            n_msgs = n_events = n_alerts = 0
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            while n_msgs < messages:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=config.kafka.max_poll_records)
+                if not batch:
+                    raise RuntimeError(f"plain loop: no message after {n_msgs} of {messages} within 1 s")
+                for records in batch.values():
+                    events, _ = parse_messages([r.value for r in records], max_bytes)
+                    n_events += len(events)
+                    n_msgs += len(records)
+                    n_alerts += len(pipeline.process(events))
+            return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                    "events": n_events, "alerts": n_alerts}
+        finally:
+            await consumer.stop()
+
+    print(orjson.dumps(asyncio.run(go())).decode(), flush=True)
+
+
+def plain_loop(servers: str, topic: str, partitions: int, messages: int) -> dict[str, float]:
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; from streams.benchmarks.stream import loop_main; "
+         "loop_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))",
+         servers, topic, str(partitions), str(messages)],
+        capture_output=True, env=_env(), cwd=REPO, check=False, timeout=1800,
+    )  # fmt: skip
+    if res.returncode:
+        raise RuntimeError(f"plain loop failed:\n{res.stderr.decode(errors='replace')[-3000:]}")
+    return orjson.loads(res.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- workers ---------------------------------------------------------------------------------
+def worker_command(worker_id: str, sets: Sequence[str]) -> list[str]:
+    """The command line of one worker (a function, so an experiment can run another one)."""
+    args = [sys.executable, "-m", "streams", "worker", "--worker-id", worker_id, "--loglevel", "info"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def handled(m: dict[str, float]) -> float:
+    """Input events a worker is done with: handed to the pipeline or rejected (a late event
+    is both, so it counts once)."""
+    return (m.get("coordwatch_events_total", 0.0) + m.get("coordwatch_rejected_total", 0.0)
+            - m.get("coordwatch_rejected_total{reason=late}", 0.0))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    proc: subprocess.Popen[bytes]
+    folder: Path
+    log: Path
+    spawned: float  # time.monotonic() at spawn
+    _port: int | None = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def metrics(self) -> dict[str, float] | None:
+        from urllib.request import urlopen
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        if self._port is None:
+            try:
+                self._port = int((self.folder / "metrics.port").read_text().strip())
+            except (OSError, ValueError):
+                return None
+        try:
+            text = urlopen(f"http://127.0.0.1:{self._port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value  # summed over labels
+                for k, v in s.labels.items():
+                    out[f"{s.name}{{{k}={v}}}"] = out.get(f"{s.name}{{{k}={v}}}", 0.0) + s.value
+        return out
+
+    def startup_s(self) -> float | None:
+        """Start-up as the worker logs it: its process start to its first input consumed."""
+        m = re.search(r"first input consumed ([0-9.]+) s after process start", self.log_text())
+        return float(m.group(1)) if m else None
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.worker_id} exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}")
+
+
+@dataclass
+class StreamRun:
+    events: int
+    seconds: float  # first input consumed (or resume) -> last event in and alerts quiet
+    startup_s: float  # worker spawn -> first input consumed (the slowest worker)
+    alerts: int
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> cores over the timed span
+    detail: str = ""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Cpu:
+    """CPU seconds of some processes (and of the whole machine) between two samples."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
+        self.t0 = time.monotonic()
+        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.machine0 = self._machine()
+
+    @staticmethod
+    def _cpu(p: Any) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except Exception:  # noqa: BLE001 - a process gone: count nothing more
+            return 0.0
+
+    @staticmethod
+    def _machine() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0))
+
+    def sample(self) -> tuple[float, dict[str, float]]:
+        """(when, CPU seconds so far per process, for everything else and for the machine)."""
+        now = time.monotonic()
+        out = {name: self._cpu(p) - self.start[name] for name, p in self.procs.items()}
+        machine = self._machine() - self.machine0
+        out["other processes (not this bench's)"] = max(machine - sum(out.values()), 0.0)
+        out["machine (all processes)"] = machine
+        return now, out
+
+    def cores(self, sample: tuple[float, dict[str, float]]) -> dict[str, float]:
+        """Cores used from the start to ``sample``."""
+        dt = sample[0] - self.t0
+        return {name: v / dt for name, v in sample[1].items()} if dt > 0 else {}
+
+
+class Bench:
+    """The broker, the input topics and everything started for one ``bench stream`` run."""
+
+    def __init__(self, tmp: Path) -> None:
+        from streams.broker import EmbeddedBroker
+
+        self.tmp = tmp
+        self.tag = f"bench{uuid.uuid4().hex[:8]}"
+        self.broker = EmbeddedBroker(0, log_file=tmp / "tansu.log")
+        self.workers: list[Worker] = []
+        self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
+
+    @property
+    def servers(self) -> str:
+        return f"{self.broker.host}:{self.broker.port}"
+
+    def __enter__(self) -> Bench:
+        self.broker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_workers()
+        self.broker.stop()
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGCONT)
+                w.proc.kill()
+                w.proc.wait(10)
+        self.workers.clear()
+
+    def start_workers(self, topic: str, n: int, run: str) -> tuple[list[Worker], str]:
+        app_id = f"{self.tag}-{run}"
+        alerts = f"{app_id}.alerts"
+        data = self.tmp / app_id
+        sets = [
+            f"kafka.broker=kafka://{self.servers}", f"kafka.app_id={app_id}", f"kafka.data_dir={data}",
+            f'topics.events=["{topic}"]', f"topics.alerts={alerts}", f"topics.dead_letter={app_id}.dlq",
+            "topics.partitions=1",
+        ]  # fmt: skip
+        started = []
+        for k in range(n):
+            wid = f"w{k + 1}"
+            log = self.tmp / f"{app_id}-{wid}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(
+                    worker_command(wid, sets), cwd=self.tmp, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            w = Worker(wid, proc, data / wid, log, time.monotonic())
+            self.workers.append(w)
+            started.append(w)
+        return started, alerts
+
+    async def alert_end(self, consumer: Any, alerts: str) -> int:
+        from aiokafka import TopicPartition
+
+        parts = consumer.partitions_for_topic(alerts)
+        if not parts:
+            await consumer.topics()  # refresh metadata: the worker creates the topic
+            parts = consumer.partitions_for_topic(alerts) or set()
+        if not parts:
+            return 0
+        ends = await consumer.end_offsets([TopicPartition(alerts, p) for p in parts])
+        return sum(ends.values())
+
+    async def watch(self, workers: list[Worker], alerts: str, events: int, started: float,
+                    cpu: Cpu | None, timeout_s: float) -> StreamRun:
+        """Poll until the workers hold ``events`` events and their alerts are quiet."""
+        from aiokafka import AIOKafkaConsumer
+
+        reader = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None, client_id="coordwatch-bench-watch")
+        await reader.start()
+        try:
+            t_done = None  # when the events count was reached
+            last_change = started
+            last = (-1, -1.0)
+            at_end = cpu.sample() if cpu else None  # CPU at the last change (the end, once quiet)
+            deadline = started + timeout_s
+            while True:
+                for w in workers:
+                    w.check()
+                now = time.monotonic()
+                ms = [w.metrics() or {} for w in workers]
+                seen = sum(handled(m) for m in ms)
+                n_alerts = sum(m.get("coordwatch_alerts_total", 0) for m in ms)
+                state = (await self.alert_end(reader, alerts), n_alerts)
+                sample = cpu.sample() if cpu else None
+                if state != last:
+                    last, last_change, at_end = state, now, sample
+                if t_done is None and seen >= events:
+                    t_done = now
+                    if t_done >= last_change:
+                        at_end = sample
+                if t_done is not None and now - max(t_done, last_change) >= QUIET_S:
+                    break
+                if now > deadline:
+                    raise RuntimeError(f"timed out after {timeout_s:.0f} s: {seen:.0f} of {events} events consumed")
+                await asyncio.sleep(POLL_S)
+            end = max(t_done, last_change)
+            cores = cpu.cores(at_end) if cpu and at_end else {}
+            return StreamRun(int(seen), end - started, 0.0, int(last[1]), cores)
+        finally:
+            await reader.stop()
+
+    async def run_one(self, topic: str, events: int, run: str, timeout_s: float) -> StreamRun:
+        """One worker on a topic already holding ``events`` events: clock from its first input."""
+        (w,), alerts = self.start_workers(topic, 1, run)
+        try:
+            while (m := w.metrics()) is None or m.get("coordwatch_messages_total", 0) == 0:
+                w.check()
+                if time.monotonic() - w.spawned > 120:
+                    raise RuntimeError(f"worker consumed nothing within 120 s:\n{w.log_text()[-3000:]}")
+                await asyncio.sleep(0.02)
+            polled = time.monotonic()
+            cpu = Cpu({"broker": self.broker.proc.pid, "worker w1": w.proc.pid,  # type: ignore[union-attr]
+                       "bench (this process)": os.getpid()})
+            logged = None
+            for _ in range(50):
+                if (logged := w.startup_s()) is not None:
+                    break
+                await asyncio.sleep(0.02)
+            # the log says when the first input came (process start + start-up); the
+            # poll can only be later. The clock starts at the earlier of the two.
+            first = min(polled, w.spawned + logged) if logged is not None else polled
+            out = await self.watch([w], alerts, events, first, cpu, timeout_s)
+            out.startup_s = first - w.spawned
+            out.detail = f"(events counted: {out.events})"
+            return out
+        finally:
+            self.stop_workers()
+
+    async def run_many(self, topic: str, by_partition: list[list[bytes]], events: int, run: str,
+                       timeout_s: float) -> tuple[StreamRun, float]:
+        """N workers, one partition each: join on an empty topic, pause, produce, resume."""
+        n = len(by_partition)
+        marker = [[b"[]"] for _ in range(n)]  # an empty envelope: a rejection per partition
+        workers, alerts = self.start_workers(topic, n, run)
+        try:
+            t_spawn = min(w.spawned for w in workers)
+            await produce(self.servers, topic, marker)
+            while True:  # every worker consumed its partition's marker: assignment is settled
+                ms = [w.metrics() or {} for w in workers]
+                if all(m.get("coordwatch_messages_total", 0) >= 1 for m in ms):
+                    break
+                for w in workers:
+                    w.check()
+                if time.monotonic() - t_spawn > 120:
+                    raise RuntimeError("workers did not each get a partition within 120 s: "
+                                       + "; ".join(w.log_text()[-1500:] for w in workers))
+                await asyncio.sleep(0.05)
+            startup = time.monotonic() - t_spawn
+            base = sum(handled(m) for m in ms)
+            base_msgs = sum(m.get("coordwatch_messages_total", 0) for m in ms)
+            for w in workers:
+                w.proc.send_signal(signal.SIGSTOP)
+            try:
+                produced_s = await produce(self.servers, topic, by_partition)
+            finally:
+                for w in workers:
+                    w.proc.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+            # the clock starts when the first worker has new input: a worker idle on an empty
+            # partition sits in a fetch long-poll (Faust: fetch_max_wait_ms=1500) that Tansu
+            # answers only at its end, not when data arrives
+            while sum((w.metrics() or {}).get("coordwatch_messages_total", 0) for w in workers) <= base_msgs:
+                for w in workers:
+                    w.check()
+                if time.monotonic() - resumed > 60:
+                    raise RuntimeError("no worker consumed anything within 60 s of being resumed")
+                await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            self.resume_lag_s = t0 - resumed
+            procs = {"broker": self.broker.proc.pid} | {f"worker {w.worker_id}": w.proc.pid for w in workers}
+            procs["bench (this process)"] = os.getpid()
+            out = await self.watch(workers, alerts, events + base, t0, Cpu(procs), timeout_s)  # type: ignore[arg-type]
+            out.events -= int(base)
+            out.startup_s = startup
+            return out, produced_s
+        finally:
+            self.stop_workers()
+
+
+async def _run(quick: bool, workers: int, events: int | None, repeat: int | None, out: Any) -> list[Row]:
+    n_events = events or (QUICK_EVENTS if quick else FULL_EVENTS)
+    runs = repeat or (1 if quick else 3)
+    raw_runs = 3 if quick else 5
+    loop_runs = 1 if quick else 2
+    single_msgs = 50_000 if quick else 200_000
+    timeout_s = 60 + n_events / 5_000
+    say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
+    rows: list[Row] = []
+    tmp = Path(tempfile.mkdtemp(prefix="coordwatch-bench-stream-"))
+    try:
+        with Bench(tmp) as b:
+            t = time.perf_counter()
+            envs = stream_envelopes(n_events)
+            say(f"bench stream: {n_events} events in {len(envs)} envelopes generated in {time.perf_counter() - t:.1f} s; "
+                f"broker {b.servers}")
+            topic = f"{b.tag}.events"
+            await create_topic(b.servers, topic, 1)
+            produce_s = await produce(b.servers, topic, [envs])
+            rows.append(Row(f"produce ({n_events} events, {ENVELOPE}-event envelopes, aiokafka, 1 partition)",
+                            n_events / produce_s, "events/s", key="produce_events_per_s"))
+            say(f"produced in {produce_s:.2f} s")
+
+            raw = [await raw_consume(b.servers, topic, 1, len(envs)) for _ in range(raw_runs)]
+            raw_s = min(r[0] for r in raw)
+            raw_msgs, raw_events = raw[0][1], raw[0][2]
+            raw_eps = raw_events / raw_s
+            say(f"raw consume: best {raw_s:.2f} s of {[round(r[0], 2) for r in raw]}")
+            rows.append(Row("raw aiokafka consume + orjson.loads per envelope", raw_msgs / raw_s, "messages/s"))
+            rows.append(Row("raw aiokafka consume + orjson.loads per envelope", raw_eps, "events/s",
+                            key="raw_consume_events_per_s"))
+
+            # the issue's reference figure: single-event messages (not the baseline of any ratio)
+            singles = stream_lines(single_msgs)
+            topic1 = f"{b.tag}.single"
+            await create_topic(b.servers, topic1, 1)
+            await produce(b.servers, topic1, [singles])
+            single_s = min([(await raw_consume(b.servers, topic1, 1, len(singles)))[0] for _ in range(raw_runs)])
+            rows.append(Row(f"  for reference: raw consume of {len(singles)} single-event messages", len(singles) / single_s,
+                            "messages/s", key="raw_single_msgs_per_s"))
+
+            loops = [plain_loop(b.servers, topic, 1, len(envs)) for _ in range(loop_runs)]
+            loop = min(loops, key=lambda r: r["seconds"])
+            loop_eps = loop["events"] / loop["seconds"]
+            say(f"plain loop (no Faust): best {loop['seconds']:.2f} s of {[round(r['seconds'], 2) for r in loops]}, "
+                f"{loop['cpu_s'] / loop['seconds']:.2f} cores, {loop['alerts']} alerts")
+            rows.append(Row("detection core in a plain aiokafka getmany loop (no Faust)", loop_eps, "events/s",
+                            "raw aiokafka consume (same run)", raw_eps, key="loop_events_per_s"))
+
+            ones: list[StreamRun] = []
+            for i in range(runs):
+                r = await b.run_one(topic, n_events, f"one{i}", timeout_s)
+                ones.append(r)
+                say(f"1 worker, run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s from first input), "
+                    f"start-up {r.startup_s:.2f} s, {r.alerts} alerts, cores "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.items()))
+            one = max(ones, key=lambda r: r.events_per_s)
+            rows.append(Row("end to end, 1 worker: first input -> all events in, alerts quiet", one.events_per_s,
+                            "events/s", key="stream_events_per_s"))
+            rows.append(Row("  the same, beside the raw consume rate", one.events_per_s, "events/s",
+                            "raw aiokafka consume (same run)", raw_eps, key="stream_vs_raw", figure="ratio"))
+            rows.append(Row("  worker start-up: spawn -> first input consumed", one.startup_s, "s (lower is better)",
+                            key="worker_startup_s"))
+            rows.append(Row("  1 worker beside the plain loop", one.events_per_s, "events/s",
+                            "plain getmany loop (same run)", loop_eps, key="stream_vs_loop", figure="ratio"))
+            for name, cores in one.cpu.items():
+                rows.append(Row(f"  CPU during that run: {name}", cores, "cores"))
+
+            if workers > 1:
+                rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat: int | None = None,
+        out: Any = None) -> list[Row]:
+    """The suite's rows; progress lines go to ``out`` (default stderr)."""
+    return asyncio.run(_run(quick, workers, events, repeat, out or sys.stderr))
+
+
+async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,
+                say: Any) -> list[Row]:
+    """``workers`` workers on ``workers`` streams (one partition each) beside ONE worker on
+    the first of those streams, both by the same protocol (join on an empty topic, pause,
+    produce, resume): if nothing serialised them, the ratio would be ``workers``."""
+    parts = [stream_envelopes(n_events // workers, seed=SEED + 1 + k) for k in range(workers)]
+    per = [envelope_events(p) for p in parts]
+    results: dict[int, list[StreamRun]] = {1: [], workers: []}
+    for i in range(runs):
+        for n in (1, workers):  # interleaved, so a change in the machine's load hits both
+            topic = f"{b.tag}.events-{n}w-{i}"
+            await create_topic(b.servers, topic, n)
+            r, p_s = await b.run_many(topic, parts[:n], sum(per[:n]), f"many{n}-{i}", timeout_s)
+            results[n].append(r)
+            say(f"{n} worker(s) on {n} stream(s), run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s "
+                f"from the first new input, {b.resume_lag_s:.2f} s after resuming; produced while paused in "
+                f"{p_s:.2f} s), join {r.startup_s:.2f} s, {r.alerts} alerts, "
+                "cores " + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.items()))
+    lone = max(results[1], key=lambda r: r.events_per_s)
+    many = max(results[workers], key=lambda r: r.events_per_s)
+    rows = [
+        Row(f"end to end, {workers} workers in one group ({workers} streams of ~{per[0]} events, one partition each)",
+            many.events_per_s, "events/s", key=f"stream{workers}_events_per_s"),
+        Row("  1 worker on the first of those streams (same protocol)", lone.events_per_s, "events/s",
+            key="stream1_events_per_s"),
+        Row(f"  {workers} workers beside 1", many.events_per_s, "events/s", "1 worker, same protocol (same run)",
+            lone.events_per_s, key="two_vs_one" if workers == 2 else f"w{workers}_vs_one", figure="ratio"),
+        Row(f"  {workers} workers beside the raw consume rate", many.events_per_s, "events/s",
+            "raw aiokafka consume (same run)", raw_eps, key=f"stream{workers}_vs_raw", figure="ratio"),
+        Row(f"  {workers} workers: group join (spawn -> every worker owns a partition)", many.startup_s,
+            "s (lower is better)"),
+    ]
+    for name, cores in many.cpu.items():
+        rows.append(Row(f"  CPU during the {workers}-worker run: {name}", cores, "cores"))
+    for name, cores in lone.cpu.items():
+        rows.append(Row(f"  CPU during the lone-worker run: {name}", cores, "cores"))
+    return rows
