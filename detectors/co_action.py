@@ -320,8 +320,8 @@ class _Store:
         self.posts = [arrays[1][a:b] for a, b in zip(starts, ends)]
 
 
-_PAIR_COLS = ("seen", "rn", "ro", "pn", "po", "an", "ao", "dt", "sn", "so", "ob")
-_PAIR_TYPES = (np.float64, *[np.int64] * 6, np.float64, np.uint64, np.uint64, np.uint64)
+_PAIR_COLS = ("seen", "rn", "ro", "pn", "po", "an", "ao", "dt", "sn", "so", "ob", "ek")
+_PAIR_TYPES = (np.float64, *[np.int64] * 6, np.float64, np.uint64, np.uint64, np.uint64, np.int64)
 
 
 class _Seg:
@@ -339,7 +339,7 @@ class _Seg:
 
     @functools.cached_property
     def ek(self) -> list[int]:
-        return _keys(self._col("an"), self._col("ao")).tolist()  # type: ignore[no-any-return]
+        return self._col("ek").tolist()  # type: ignore[no-any-return]
 
     @functools.cached_property
     def uk(self) -> list[int]:
@@ -348,7 +348,7 @@ class _Seg:
     @functools.cached_property
     def eo(self) -> list[int]:
         """One key per (account pair, object)."""
-        ek = _keys(self._col("an"), self._col("ao")).astype(np.uint64)
+        ek = self._col("ek").astype(np.uint64)
         return hash_u64(ek * np.uint64(0x9E3779B97F4A7C15) ^ self._col("ob")).tolist()  # type: ignore[no-any-return]
 
     pn = functools.cached_property(lambda self: self._list("pn"))
@@ -360,7 +360,7 @@ class _Seg:
 class _Pairs:
     """The live pairs, oldest first, in chunks: seen (watermark at the newer action), positions
     ``rn``/``ro`` of the new and the older action, participants ``pn``/``po``, accounts
-    ``an``/``ao``, ``dt`` = new ts - older ts, posts ``sn``/``so``."""
+    ``an``/``ao`` and their pair key ``ek``, ``dt`` = new ts - older ts, posts ``sn``/``so``, object ``ob``."""
 
     def __init__(self) -> None:
         self.chunks: list[dict[str, np.ndarray]] = []
@@ -543,8 +543,9 @@ class CoActionDetector(Detector[CoActionParams]):
         for field, kind in self._fields:
             if kind == _OBJECT_ID:
                 idx = [i for i, v in enumerate(oid_c) if v is not None]
-                kind_of = {o: self._object_kind(o) for o in {extra_c[i].get("object_type") for i in idx}}
-                ks = [kind_of[extra_c[i].get("object_type")] for i in idx]
+                otypes = [extra_c[i].get("object_type") for i in idx]
+                kind_of = {o: self._object_kind(o) for o in set(otypes)}
+                ks = [kind_of[o] for o in otypes]
                 idx, ks = [i for i, k in zip(idx, ks) if k >= 0], [k for k in ks if k >= 0]
                 evs.append(idx)
                 kinds.append(np.array(ks, dtype=np.uint64))
@@ -611,6 +612,7 @@ class CoActionDetector(Detector[CoActionParams]):
             "seen": wm[new], "rn": refs[new], "ro": pairs.ref, "pn": pid[new], "po": pairs.part,
             "an": aid[new], "ao": self._account(pairs.part), "dt": ts[new] - pairs.ts,
             "sn": post[new], "so": self._store.post(pairs.ref) if k else np.empty(0, dtype=np.uint64), "ob": obj[new],
+            "ek": _keys(aid[new], self._account(pairs.part)),
         }  # fmt: skip
         self._pairs.append(cols)
         if self._track:
@@ -875,8 +877,8 @@ class CoActionDetector(Detector[CoActionParams]):
     def _evidence(self, edges: list[tuple[int, str, str, int]]) -> _Evidence:
         """The live pairs on ``edges``, oldest first."""
         wanted = np.array([e[3] for e in edges], dtype=np.int64)
-        sel = self._pairs.select(lambda c: np.isin(_keys(c["an"], c["ao"]), wanted))
-        return _Evidence(sel, _keys(sel["an"], sel["ao"]))
+        sel = self._pairs.select(lambda c: np.isin(c["ek"], wanted))
+        return _Evidence(sel, sel["ek"])
 
     def _alert(
         self, gid: str, revision: int, part: list[str], edges: list[tuple[int, str, str, int]], ev: _Evidence,
