@@ -32,7 +32,8 @@ topic; once each has consumed a marker on its partition (``[]``, a rejection) th
 assignment is settled, they are paused (SIGSTOP), the streams are produced, they are
 resumed (SIGCONT), and the clock starts at the first new input -- so no rebalance falls
 inside the timed span and nothing is processed twice. ``two_vs_one`` would be N if
-nothing serialised the workers and the cores were free.
+nothing serialised the workers and the cores were free; ``two_vs_one_per_core`` (events
+per CPU second of the workers, N against 1) would be 1 whatever else the machine runs.
 
 CPU (psutil) of the broker, every worker, this process and everything else on the
 machine is reported over each timed span: on a shared 2-core machine "other processes"
@@ -297,6 +298,13 @@ class StreamRun:
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def events_per_worker_core_s(self) -> float:
+        """Events per CPU second of the workers: what the workers did with the CPU they
+        got, whatever else the machine was running."""
+        cores = sum(v for k, v in self.cpu.items() if k.startswith("worker "))
+        return self.events / (self.seconds * cores) if self.seconds and cores else 0.0
 
 
 class Cpu:
@@ -609,7 +617,8 @@ async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: flo
                 say: Any) -> list[Row]:
     """``workers`` workers on ``workers`` streams (one partition each) beside ONE worker on
     the first of those streams, both by the same protocol (join on an empty topic, pause,
-    produce, resume): if nothing serialised them, the ratio would be ``workers``."""
+    produce, resume): with free cores and nothing serialising them the ratio would be
+    ``workers``; per CPU second of the workers it would be 1 whatever the machine's load."""
     parts = [stream_envelopes(n_events // workers, seed=SEED + 1 + k) for k in range(workers)]
     per = [envelope_events(p) for p in parts]
     results: dict[int, list[StreamRun]] = {1: [], workers: []}
@@ -632,6 +641,10 @@ async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: flo
             key="stream1_events_per_s"),
         Row(f"  {workers} workers beside 1", many.events_per_s, "events/s", "1 worker, same protocol (same run)",
             lone.events_per_s, key="two_vs_one" if workers == 2 else f"w{workers}_vs_one", figure="ratio"),
+        Row(f"  the same per CPU second of the workers: {workers} workers beside 1",
+            many.events_per_worker_core_s, "events/worker-CPU-s", "1 worker, same protocol (same run)",
+            lone.events_per_worker_core_s, key="two_vs_one_per_core" if workers == 2 else f"w{workers}_vs_one_per_core",
+            figure="ratio"),
         Row(f"  {workers} workers beside the raw consume rate", many.events_per_s, "events/s",
             "raw aiokafka consume (same run)", raw_eps, key=f"stream{workers}_vs_raw", figure="ratio"),
         Row(f"  {workers} workers: group join (spawn -> every worker owns a partition)", many.startup_s,

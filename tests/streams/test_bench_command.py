@@ -24,9 +24,10 @@ def test_bench_sketches_quick_prints_table_and_figures():
 
 
 def test_bench_stream_quick_prints_table_and_figures():
-    """The embedded broker, a produced stream, the raw baseline and one real worker process."""
+    """The embedded broker, a produced stream, the baselines, one real worker process, then
+    two workers in one group beside one (about 40 s)."""
     res = subprocess.run(
-        [sys.executable, "-m", "streams", "bench", "stream", "--quick"],
+        [sys.executable, "-m", "streams", "bench", "stream", "--quick", "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -36,7 +37,8 @@ def test_bench_stream_quick_prints_table_and_figures():
     assert lines[0].split()[0] == "measured"
     figures = dict(item.split("=", 1) for item in lines[-1].split())
     for key in ("stream_events_per_s", "raw_consume_events_per_s", "stream_vs_raw", "produce_events_per_s",
-                "loop_events_per_s", "stream_vs_loop", "worker_startup_s"):
+                "loop_events_per_s", "stream_vs_loop", "worker_startup_s", "stream2_events_per_s",
+                "stream1_events_per_s", "two_vs_one", "two_vs_one_per_core"):
         assert float(figures[key]) > 0, key
     assert abs(float(figures["stream_vs_raw"]) * float(figures["raw_consume_events_per_s"])
                - float(figures["stream_events_per_s"])) <= 0.01 * float(figures["stream_events_per_s"])
