@@ -154,7 +154,8 @@ def test_demo_shows_alerts_and_throughput_live_and_ctrl_c_stops_everything(tmp_p
 def test_demo_on_an_existing_broker_stops_at_the_end_and_leaves_the_broker(tmp_path, demos, broker):
     demo = Running(tmp_path, "--set", f'kafka.broker="{broker.url}"', "--minutes", "0.2", "--rate", "2000")
     demos.append(demo)
-    demo.wait_for(lambda: "starting the generator" in demo.output(), 60, "the worker")
+    # the line is printed just before the generator is spawned: wait for the process too
+    demo.wait_for(lambda: "starting the generator" in demo.output() and len(demo.children()) >= 2, 60, "the generator")
     children = demo.children()
     assert len(children) == 2  # worker and generator, no broker
     assert demo.finish(60) == 0, demo.output()[-3000:]
