@@ -160,17 +160,18 @@ def quantile7(hist: dict[int, int], q: float) -> float:
 
 class ObjectLoad:
     """Actions per object over the last ``span_s``, exactly, as whole panes of ``span_s /
-    PANES`` plus the current pane: a viral object is recognised with a dict operation per
-    object and batch, and memory follows the objects of the span."""
+    PANES`` plus the current pane. Each pane and their sum are sorted key and count arrays, so
+    a batch costs a few numpy merges and lookups, never a Python call per object; memory
+    follows the objects of the span."""
 
     PANES = 6
 
     def __init__(self, span_s: float) -> None:
         self.pane_s = span_s / self.PANES
         self.pane = -math.inf  # the current pane
-        self.current: Counter[int] = Counter()
-        self.history: list[tuple[float, Counter[int]]] = []  # closed panes of the span, oldest first
-        self.window: Counter[int] = Counter()  # their sum
+        self.current = _EMPTY_COUNTS
+        self.history: list[tuple[float, _Counts]] = []  # closed panes of the span, oldest first
+        self.window = _EMPTY_COUNTS  # their sum
 
     def counts(self, obj: np.ndarray, wm: np.ndarray) -> np.ndarray:
         """Each action's count of earlier actions on its object in the span (actions in
@@ -182,41 +183,73 @@ class ObjectLoad:
             if panes[lo] > self.pane:
                 self._roll(float(panes[lo]))
             o = obj[lo:hi]
-            uniq, first, inverse, n = np.unique(o, return_index=True, return_inverse=True, return_counts=True)
-            keys = uniq.tolist()
-            base = np.array([self.window[k] + self.current[k] for k in keys], dtype=np.int64)
+            uniq, inverse, n = np.unique(o, return_inverse=True, return_counts=True)
+            base = _lookup(self.window, uniq) + _lookup(self.current, uniq)
             order = np.argsort(inverse, kind="stable")  # each object's actions, in position order
             rank = np.empty(o.size, dtype=np.int64)
             rank[order] = np.arange(o.size) - np.repeat(np.cumsum(n) - n, n)
             out[lo:hi] = base[inverse] + rank
-            self.current.update(dict(zip(keys, n.tolist())))
+            self.current = _merge(self.current, (uniq, n))
         return out
 
     def _roll(self, pane: float) -> None:
-        if self.current:
+        if self.current[0].size:
             self.history.append((self.pane, self.current))
-            self.window.update(self.current)
-        self.current, self.pane = Counter(), pane
+            self.window = _merge(self.window, self.current)
+        self.current, self.pane = _EMPTY_COUNTS, pane
         while self.history and self.history[0][0] <= pane - self.PANES:
-            window = self.window
-            for k, c in self.history.pop(0)[1].items():
-                left = window[k] - c
-                if left:
-                    window[k] = left
-                else:
-                    del window[k]
+            keys, n = self.history.pop(0)[1]
+            wk, wn = self.window
+            wn = wn.copy()
+            wn[np.searchsorted(wk, keys)] -= n  # a pane's keys are all in the window
+            keep = wn > 0
+            self.window = (wk[keep], wn[keep])
 
     def state(self) -> dict[str, Any]:
-        return {"pane": _fin(self.pane), "current": sorted(self.current.items()),
-                "history": [[p, sorted(c.items())] for p, c in self.history]}  # fmt: skip
+        return {"pane": _fin(self.pane), "current": _items(self.current),
+                "history": [[p, _items(c)] for p, c in self.history]}  # fmt: skip
 
     def load(self, state: dict[str, Any]) -> None:
         self.pane = _unfin(state["pane"])
-        self.current = Counter(dict(map(tuple, state["current"])))  # type: ignore[arg-type]
-        self.history = [(p, Counter(dict(map(tuple, c)))) for p, c in state["history"]]  # type: ignore[arg-type]
-        self.window = Counter()
+        self.current = _from_items(state["current"])
+        self.history = [(p, _from_items(c)) for p, c in state["history"]]
+        self.window = _EMPTY_COUNTS
         for _, c in self.history:
-            self.window.update(c)
+            self.window = _merge(self.window, c)
+
+
+_Counts = tuple[np.ndarray, np.ndarray]  # sorted unique uint64 keys, their int64 counts
+_EMPTY_COUNTS: _Counts = (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
+
+
+def _merge(a: _Counts, b: _Counts) -> _Counts:
+    """The sum of two count tables."""
+    if not a[0].size:
+        return b
+    keys, inverse = np.unique(np.concatenate((a[0], b[0])), return_inverse=True)
+    n = np.zeros(keys.size, dtype=np.int64)
+    np.add.at(n, inverse, np.concatenate((a[1], b[1])))
+    return keys, n
+
+
+def _lookup(table: _Counts, keys: np.ndarray) -> np.ndarray:
+    """The counts of ``keys`` in ``table`` (0 where absent)."""
+    tk, tn = table
+    if not tk.size:
+        return np.zeros(keys.size, dtype=np.int64)
+    i = np.minimum(np.searchsorted(tk, keys), tk.size - 1)
+    return np.where(tk[i] == keys, tn[i], 0)
+
+
+def _items(table: _Counts) -> list[tuple[int, int]]:
+    return list(zip(table[0].tolist(), table[1].tolist()))
+
+
+def _from_items(items: list[list[int]]) -> _Counts:
+    if not items:
+        return _EMPTY_COUNTS
+    keys, n = zip(*items)
+    return np.array(keys, dtype=np.uint64), np.array(n, dtype=np.int64)
 
 
 class _Ids:
@@ -270,11 +303,11 @@ class _Store:
     def __init__(self) -> None:
         self.bases: list[int] = []
         self.ts: list[np.ndarray] = []
-        self.eids: list[list[str]] = []
-        self.objs: list[list[str]] = []
+        self.eids: list[np.ndarray] = []  # object arrays of str
+        self.objs: list[np.ndarray] = []
         self.posts: list[np.ndarray] = []
 
-    def add(self, base: int, ts: np.ndarray, eids: list[str], objs: list[str], posts: np.ndarray) -> None:
+    def add(self, base: int, ts: np.ndarray, eids: np.ndarray, objs: np.ndarray, posts: np.ndarray) -> None:
         self.bases.append(base)
         self.ts.append(ts)
         self.eids.append(eids)
@@ -308,14 +341,17 @@ class _Store:
 
     def state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
         sizes = [len(e) for e in self.eids]
-        head = {"bases": self.bases, "sizes": sizes, "eids": self.eids, "objs": self.objs}
+        head = {"bases": self.bases, "sizes": sizes, "eids": [e.tolist() for e in self.eids],
+                "objs": [o.tolist() for o in self.objs]}
         cat = lambda xs, d: np.concatenate(xs).astype(d) if xs else np.empty(0, dtype=d)  # noqa: E731
         return head, [cat(self.ts, np.float64), cat(self.posts, np.uint64)]
 
     def load(self, head: dict[str, Any], arrays: list[np.ndarray]) -> None:
         ends = np.cumsum(head["sizes"]).tolist()
         starts = [e - n for e, n in zip(ends, head["sizes"])]
-        self.bases, self.eids, self.objs = head["bases"], head["eids"], head["objs"]
+        self.bases = head["bases"]
+        self.eids = [np.array(e, dtype=object) for e in head["eids"]]
+        self.objs = [np.array(o, dtype=object) for o in head["objs"]]
         self.ts = [arrays[0][a:b] for a, b in zip(starts, ends)]
         self.posts = [arrays[1][a:b] for a, b in zip(starts, ends)]
 
@@ -568,7 +604,7 @@ class CoActionDetector(Detector[CoActionParams]):
         first[srt[1:][dup]] = False
         order = order[first[order]]
         ev, obj, kind_a = ev[order], obj[order], kind_a[order]
-        vals = [vals[i] for i in order.tolist()]
+        objs = np.array(vals, dtype=object)[order]  # C-level takes, not a list comprehension
         ah = hash_strings(acc_c, _SEED_ACCOUNT)[ev]
         aid = self._accounts.intern(ah, lambda f: acc_c[ev[f]])
         if self._per_type:
@@ -592,14 +628,14 @@ class CoActionDetector(Detector[CoActionParams]):
             keep = self._first_of_post(post, wm, [act_c[i] in self._one for i in ev.tolist()])
             if not keep.all():
                 ev, obj, pid, aid, post, wm = ev[keep], obj[keep], pid[keep], aid[keep], post[keep], wm[keep]
-                vals = [v for v, k in zip(vals, keep.tolist()) if k]
+                objs = objs[keep]
             if not ev.size:
                 return None
         n = ev.size
         ts = np.fromiter(ts_c, dtype=np.float64, count=len(ts_c))[ev]
         refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
         self._next_ref += n
-        self._store.add(int(refs[0]), ts, [eid_c[i] for i in ev.tolist()], vals, post)
+        self._store.add(int(refs[0]), ts, np.array(eid_c, dtype=object)[ev], objs, post)
         quiet = None
         if self.params.max_object_actions:
             quiet = self._load.counts(obj, wm) >= self.params.max_object_actions
@@ -876,8 +912,8 @@ class CoActionDetector(Detector[CoActionParams]):
 
     def _evidence(self, edges: list[tuple[int, str, str, int]]) -> _Evidence:
         """The live pairs on ``edges``, oldest first."""
-        wanted = np.array([e[3] for e in edges], dtype=np.int64)
-        sel = self._pairs.select(lambda c: np.isin(c["ek"], wanted))
+        wanted = np.unique(np.array([e[3] for e in edges], dtype=np.int64))
+        sel = self._pairs.select(lambda c: wanted[np.minimum(np.searchsorted(wanted, c["ek"]), wanted.size - 1)] == c["ek"])
         return _Evidence(sel, sel["ek"])
 
     def _alert(
