@@ -72,6 +72,7 @@ def detector_classes() -> dict[str, type[Detector[Any]]]:
 
 
 _ORDER = attrgetter("ts", "event_id", "account_id", "action")
+_TS = attrgetter("ts")
 
 
 class Pipeline:
@@ -81,7 +82,8 @@ class Pipeline:
         self.linker = Linker(linking.memory_s, linking.min_shared_accounts)
         self.lateness = max((d.params.allowed_lateness_s for d in self.detectors), default=0.0)
         self.late: list[Event] = []  # process()'s late events, for the caller to report and clear
-        self._open: dict[float, list[Event]] = {}  # tick index -> its events so far
+        self._open: list[Event] = []  # events of open ticks, in arrival order
+        self._open_ticks = np.empty(0)  # their tick indices
         self._closed = -math.inf  # ticks up to this index are closed
         self._newest = -math.inf  # the newest event time added
 
@@ -108,19 +110,19 @@ class Pipeline:
 
     def add(self, events: Sequence[Event]) -> list[Event]:
         """Buffer events into their ticks; returns the late ones (their tick is closed)."""
-        late: list[Event] = []
         if not events:
-            return late
-        ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+            return []
+        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
         self._newest = max(self._newest, float(ts.max()))
         ticks = np.floor(ts / self.linking.tick_s)
-        runs = np.flatnonzero(np.diff(ticks)) + 1  # events arrive mostly in order: one list op per run
-        for lo, hi in zip([0, *runs.tolist()], [*runs.tolist(), len(events)]):
-            k = float(ticks[lo])
-            if k <= self._closed:
-                late += events[lo:hi]
-            else:
-                self._open.setdefault(k, []).extend(events[lo:hi])
+        is_late = ticks <= self._closed
+        late: list[Event] = []
+        if is_late.any():
+            late = [events[i] for i in np.flatnonzero(is_late).tolist()]
+            events = [events[i] for i in np.flatnonzero(~is_late).tolist()]
+            ticks = ticks[~is_late]
+        self._open += events
+        self._open_ticks = np.concatenate((self._open_ticks, ticks))
         return late
 
     def late_rejection(self, e: Event) -> Rejection:
@@ -139,11 +141,14 @@ class Pipeline:
         upto = math.inf if watermark == math.inf else math.floor((watermark - self.lateness) / step) - 1
         if upto <= self._closed:
             return []
-        batch: list[Event] = []
-        for k in sorted(k for k in self._open if k <= upto):
-            events = self._open.pop(k)
-            events.sort(key=_ORDER)
-            batch += events
+        due = self._open_ticks <= upto
+        if due.all():
+            batch, self._open, self._open_ticks = self._open, [], np.empty(0)
+        else:
+            batch = [self._open[i] for i in np.flatnonzero(due).tolist()]
+            self._open = [self._open[i] for i in np.flatnonzero(~due).tolist()]
+            self._open_ticks = self._open_ticks[~due]
+        batch.sort(key=_ORDER)  # a tick's events follow the ticks before it: ts comes first
         self._closed = upto
         horizon = math.inf if upto == math.inf else (upto + 1) * step
         found: list[Alert] = []
@@ -184,7 +189,8 @@ class Pipeline:
             "linker": self.linker.state(),
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
-        buffered = b"\n".join(event_to_json(e) for k in sorted(self._open) for e in self._open[k])
+        order = np.argsort(self._open_ticks, kind="stable").tolist()  # by tick, arrival order within
+        buffered = b"\n".join(event_to_json(self._open[i]) for i in order)
         return pack(header, [*arrays, np.frombuffer(buffered, dtype=np.uint8)])
 
     def restore(self, data: bytes) -> None:
@@ -203,5 +209,5 @@ class Pipeline:
         self.linker = Linker(self.linking.memory_s, self.linking.min_shared_accounts)
         self.linker.load_state(header["linker"])
         raw = arrays[-1].tobytes()
-        self._open = {}
+        self._open, self._open_ticks = [], np.empty(0)
         self.add([parse_event(line) for line in raw.split(b"\n")] if raw else [])  # type: ignore[misc]
