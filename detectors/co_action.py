@@ -402,6 +402,7 @@ class _Pairs:
         self.chunks: list[dict[str, np.ndarray]] = []
         self.head = 0  # expired rows at the front of the first chunk
         self.applied = 0  # rows of the last chunk fed to the weights (earlier chunks: all)
+        self._by_edge: dict[int, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = {}  # on_edges' index
 
     def __len__(self) -> int:
         """Live pairs fed to the weights."""
@@ -460,6 +461,35 @@ class _Pairs:
     def select(self, where: Any) -> dict[str, np.ndarray]:
         """The live pairs (fed to the weights) for which ``where(chunk)`` is true, one array per column."""
         parts = [{k: v[m] for k, v in c.items()} for c in self.views() if (m := where(c)).any()]
+        if not parts:
+            return {k: np.empty(0, dtype=d) for k, d in zip(_PAIR_COLS, _PAIR_TYPES)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in _PAIR_COLS}
+
+    def on_edges(self, wanted: np.ndarray) -> dict[str, np.ndarray]:
+        """The live pairs (fed to the weights) whose ``ek`` is in ``wanted`` (sorted, unique),
+        as :meth:`select` would give them: each chunk's ``ek`` order is kept while the chunk
+        lives, so an alert costs a few binary searches, not a scan of every live pair."""
+        parts, kept = [], {}
+        last = len(self.chunks) - 1
+        for i, c in enumerate(self.chunks):
+            lo, hi = (self.head if i == 0 else 0), (self.applied if i == last else len(c["seen"]))
+            if hi <= lo:
+                continue
+            ent = self._by_edge.get(id(c))
+            if ent is None or ent[0] is not c:
+                order = np.argsort(c["ek"], kind="stable")
+                ent = (c, order, c["ek"][order])
+            kept[id(c)] = ent
+            _, order, sorted_ek = ent
+            left, right = np.searchsorted(sorted_ek, wanted, "left"), np.searchsorted(sorted_ek, wanted, "right")
+            hit = right > left
+            if not hit.any():
+                continue
+            pos = np.sort(np.concatenate([order[a:b] for a, b in zip(left[hit].tolist(), right[hit].tolist())]))
+            pos = pos[(pos >= lo) & (pos < hi)]
+            if pos.size:
+                parts.append({k: c[k][pos] for k in _PAIR_COLS})
+        self._by_edge = kept
         if not parts:
             return {k: np.empty(0, dtype=d) for k, d in zip(_PAIR_COLS, _PAIR_TYPES)}
         return {k: np.concatenate([p[k] for p in parts]) for k in _PAIR_COLS}
@@ -625,7 +655,8 @@ class CoActionDetector(Detector[CoActionParams]):
             post = hash_u64(hash_strings(cids, _SEED_POST)[ev] ^ ph, _SEED_POST)
         wm = marks[ev]
         if self._one:
-            keep = self._first_of_post(post, wm, [act_c[i] in self._one for i in ev.tolist()])
+            one = np.fromiter(map(self._one.__contains__, act_c), dtype=bool, count=len(act_c))[ev]
+            keep = self._first_of_post(post, wm, one.tolist())
             if not keep.all():
                 ev, obj, pid, aid, post, wm = ev[keep], obj[keep], pid[keep], aid[keep], post[keep], wm[keep]
                 objs = objs[keep]
@@ -913,7 +944,7 @@ class CoActionDetector(Detector[CoActionParams]):
     def _evidence(self, edges: list[tuple[int, str, str, int]]) -> _Evidence:
         """The live pairs on ``edges``, oldest first."""
         wanted = np.unique(np.array([e[3] for e in edges], dtype=np.int64))
-        sel = self._pairs.select(lambda c: wanted[np.minimum(np.searchsorted(wanted, c["ek"]), wanted.size - 1)] == c["ek"])
+        sel = self._pairs.on_edges(wanted)
         return _Evidence(sel, sel["ek"])
 
     def _alert(
