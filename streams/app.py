@@ -300,8 +300,15 @@ class Ingest:
         return rejected, pipeline.advance(pipeline.newest)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run pipeline work on its one thread. On the event loop it would stall Faust's
-        consumer thread (measured: 80 ms of work per 100 messages cut throughput 3.5x)."""
+        """Run pipeline work on its one thread, so Faust's fetcher keeps reading ahead (up
+        to ``stream_buffer_maxsize`` messages) while it runs. On the event loop it starves:
+        records aiokafka holds longer than its ``prefetch_backoff`` (0.1 s) let it send the
+        next fetch for the other partition of the node, Faust's empty
+        ``<app>-__assignor-__leader``, which the broker long-polls for Faust's hard-coded
+        ``fetch_max_wait_ms=1500`` while the input partition waits (traced: ~1 s with 0
+        records every 4-5 batches). Measured, 100-event envelopes, same runs: 1 M events,
+        on the loop 25 k events/s at 0.38 cores, here 70 k at 0.9; 300 k events, on the
+        loop 26 k, on the loop with fetch_max_wait_ms=20 73 k (``coordwatch bench stream``)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def _dead_letter(self, msg: Any, r: Rejection) -> None:
