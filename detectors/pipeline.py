@@ -75,6 +75,20 @@ _ORDER = attrgetter("ts", "event_id", "account_id", "action")
 _TS = attrgetter("ts")
 
 
+def _canonical(events: list[Event]) -> list[Event]:
+    """``events`` sorted by (ts, event id, account, action): by time in numpy, then only runs
+    of equal times by the whole key (a key tuple per event cost 5 % of a replay)."""
+    if len(events) < 2:
+        return events
+    ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
+    order = np.argsort(ts, kind="stable")
+    out = [events[i] for i in order.tolist()]
+    same = np.diff(np.concatenate(([0], (np.diff(ts[order]) == 0).view(np.int8), [0])))
+    for lo, hi in zip(np.flatnonzero(same == 1).tolist(), (np.flatnonzero(same == -1) + 1).tolist()):
+        out[lo:hi] = sorted(out[lo:hi], key=_ORDER)
+    return out
+
+
 class Pipeline:
     def __init__(self, detectors: Sequence[Detector[Any]], linking: LinkingParams) -> None:
         self.detectors = list(detectors)
@@ -148,7 +162,7 @@ class Pipeline:
             batch = [self._open[i] for i in np.flatnonzero(due).tolist()]
             self._open = [self._open[i] for i in np.flatnonzero(~due).tolist()]
             self._open_ticks = self._open_ticks[~due]
-        batch.sort(key=_ORDER)  # a tick's events follow the ticks before it: ts comes first
+        batch = _canonical(batch)
         self._closed = upto
         horizon = math.inf if upto == math.inf else (upto + 1) * step
         found: list[Alert] = []

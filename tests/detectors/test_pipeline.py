@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import math
+from operator import attrgetter
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import orjson
 
 from detectors.events import Event, parse_obj
-from detectors.pipeline import Pipeline
+from detectors.pipeline import Pipeline, _canonical
 from detectors.synthetic import SyntheticStream
 from streams.config import Config
 
@@ -93,3 +96,14 @@ def test_events_later_than_the_lateness_bound_are_kept_aside_not_processed() -> 
     assert pipe.late == [old]
     pipe.advance(math.inf)
     assert {name: s["events"] for name, s in pipe.stats.items()} == {d.NAME: len(evs) for d in pipe.detectors}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from("abc"), st.sampled_from("xy"), st.sampled_from(["post", "like"])),
+                max_size=40))  # fmt: skip
+def test_canonical_order_is_the_full_key_sort(rows: list[tuple[int, str, str, str]]) -> None:
+    """The numpy time sort with tie runs re-sorted equals sorting by the whole key (ties in
+    time are common: the russian data has whole-second times); duplicates keep arrival order."""
+    events = [parse_obj({"ts": float(t) / 2, "event_id": e, "account_id": a, "action": x, "n": i})
+              for i, (t, e, a, x) in enumerate(rows)]  # fmt: skip
+    assert _canonical(list(events)) == sorted(events, key=attrgetter("ts", "event_id", "account_id", "action"))
