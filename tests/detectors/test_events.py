@@ -501,6 +501,36 @@ def test_parse_messages_equals_parse_message_one_by_one(msgs: list[bytes], max_b
     assert parse_messages(msgs, max_bytes) == _one_by_one(msgs, max_bytes)
 
 
+def test_parse_messages_inlined_usual_event_equals_parse_message():
+    """parse_messages inlines the usual event: every field value around that path (absent,
+    null, empty, another type, URLs and tags in text, extra fields) gives what parse_message does."""
+    variants = {
+        "ts": [1631900000.5, 1631900000, -1.0, 5e12, "2021-09-17T17:33:20Z", None, True],
+        "account_id": ["a", "", 7, None, ["a"]],
+        "action": ["post", "like", "boost", "Post", None, ["post"]],
+        "event_id": ["e1", "", 5, None, {"x": 1}],
+        "text": ["plain words", "see https://X.example/a?utm_x=1 and http://y.example/", "HTTPS://Z.example/b #Tag #tag",
+                 "#one", "", None, 3],
+        "url": ["https://x.example/p?fbclid=1", "", None, ["https://a.example/"], 4],
+        "object_id": ["o1", "", 12, None, 1.5],
+        "urls": [["https://b.example/"], "https://c.example/", None],
+        "hashtags": [["#Tag", "x"], None, "t"],
+        "extra": [1, None],
+    }
+    base = {"ts": 1631900000.5, "account_id": "a", "action": "post", "event_id": "e1"}
+    msgs = []
+    for field, values in variants.items():
+        for v in values:
+            for other in ("text", "url", "object_id"):  # beside another optional field, in both orders
+                o = {**base, other: "https://u.example/#x" if other == "url" else "o2" if other == "object_id" else "t #h"}
+                msgs.append(orjson.dumps({**o, field: v}))
+                msgs.append(orjson.dumps({field: v, **o}))
+            msgs.append(orjson.dumps({**base, field: v}))
+    absent = {k: v for k, v in base.items() if k != "event_id"}
+    msgs += [orjson.dumps(absent), orjson.dumps({**absent, "text": "x"}), orjson.dumps({"text": "only"})]
+    assert parse_messages(msgs) == _one_by_one(msgs, MAX_EVENT_BYTES)
+
+
 def test_parse_messages_one_bad_line_among_good_ones():
     lines = [with_(event_id=f"e{i}", text=f"#t{i} https://x.example/{i}?utm_a=1") for i in range(50)]
     lines[17] = b'{"ts": 1631900000, "account_id": "a",'
