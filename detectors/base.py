@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 SCHEMA = "coordwatch.alert/1"
 _ID_SEED = 0xA1E47
+_TS = attrgetter("ts")
 
 
 def stable_id(prefix: str, *parts: object) -> str:
@@ -124,6 +126,7 @@ class Detector(ABC, Generic[P]):
         self.watermark = -math.inf
         self.stats: Counter[str] = Counter()
         self.marks = np.empty(0)  # the watermark as of each event of the batch in _process
+        self.times = np.empty(0)  # and each event's ts
 
     # -- driving ---------------------------------------------------------------------
     def process(self, events: Sequence[Event]) -> list[Alert]:
@@ -135,7 +138,7 @@ class Detector(ABC, Generic[P]):
         if not events:
             return []
         late = self.params.allowed_lateness_s  # type: ignore[attr-defined]
-        ts = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
         marks = np.maximum.accumulate(np.maximum(ts, self.watermark))
         before = np.concatenate(([self.watermark], marks[:-1]))
         keep = ts >= before - late
@@ -144,10 +147,10 @@ class Detector(ABC, Generic[P]):
         if not keep.all():
             idx = np.flatnonzero(keep)
             kept = [events[i] for i in idx.tolist()]
-            marks = marks[idx]
+            marks, ts = marks[idx], ts[idx]
             self.stats["late_dropped"] += len(events) - len(kept)
         self.stats["events"] += len(kept)
-        self.marks = marks
+        self.marks, self.times = marks, ts
         alerts = self._process(kept) if kept else []
         self.watermark = newest
         return alerts

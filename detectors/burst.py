@@ -380,7 +380,7 @@ class BurstDetector(Detector[BurstParams]):
         p = self.params
         st = _run_starts(ev_idx)  # events that carry keys, their panes, and each occurrence's
         ke = ev_idx[st]
-        ts = np.fromiter(map(_ts, events), dtype=np.float64, count=len(events))
+        ts = self.times
         q_ev = np.floor(ts[ke] / p.pane_s).astype(np.int64)
         run = np.maximum.accumulate(q_ev)
         if self._pane is not None:

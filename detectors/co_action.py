@@ -602,7 +602,7 @@ class CoActionDetector(Detector[CoActionParams]):
 
     def _actions(self, events: Sequence[Event], marks: np.ndarray) -> _Batch | None:
         """The batch's actions (position order), their pairs, stored and queued; None if none."""
-        ts_c, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
+        _, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
         evs: list[list[int]] = []
         kinds: list[np.ndarray] = []
         vals: list[str] = []
@@ -622,7 +622,7 @@ class CoActionDetector(Detector[CoActionParams]):
                 evs.append(idx)
                 kinds.append(np.full(len(idx), kind, dtype=np.uint64))
                 vals += [x for xs in col for x in xs]
-        ev = np.fromiter((i for part in evs for i in part), dtype=np.int64, count=len(vals))
+        ev = np.concatenate([np.array(part, dtype=np.int64) for part in evs]) if evs else np.empty(0, dtype=np.int64)
         if not ev.size:
             return None
         kind_a = np.concatenate(kinds)
@@ -663,7 +663,7 @@ class CoActionDetector(Detector[CoActionParams]):
             if not ev.size:
                 return None
         n = ev.size
-        ts = np.fromiter(ts_c, dtype=np.float64, count=len(ts_c))[ev]
+        ts = self.times[ev]
         refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
         self._next_ref += n
         self._store.add(int(refs[0]), ts, np.array(eid_c, dtype=object)[ev], objs, post)
