@@ -37,14 +37,14 @@ class EventsParams(Section):
 class CoActionParams(Section):
     enabled: bool = Field(True, description="run the co_action (coordinated sharing) detector")
     pair_window_s: float = Field(
-        60.0, gt=0, description="two accounts acting on the same object within this many seconds form a pair"
+        30.0, gt=0, description="two accounts acting on the same object within this many seconds form a pair"
     )
     memory_s: float = Field(
         21_600.0, gt=0, description="pair weights accumulate over this sliding span (seconds); >= pair_window_s"
     )
     min_weight: int = Field(2, ge=1, description="pairs with at least this many co-actions may form graph edges ...")
     max_p_value: float = Field(
-        1e-7,
+        1e-6,
         gt=0,
         le=1,
         description="... if that many are improbable by chance: Poisson tail P(X >= weight) with mean n_a * n_b * rho "

@@ -47,7 +47,7 @@ def test_every_key_has_a_row_with_its_default_range_choices_and_env_var() -> Non
         section, key = dotted.split(".")
         assert table[dotted][5] == f"`{env_var(section, key)}`"
         assert table[dotted][4] == (SECTIONS[section].model_fields[key].description or "").replace("|", "\\|")
-    assert table["co_action.pair_window_s"][1:4] == ["float", "`60.0`", "> 0"]
+    assert table["co_action.pair_window_s"][1:4] == ["float", "`30.0`", "> 0"]
     assert table["burst.cms_epsilon"][3] == "> 0, < 1"
     assert table["kafka.web_port"][3] == ">= 0, <= 65535"
     assert table["kafka.security_protocol"][3] == "one of `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"

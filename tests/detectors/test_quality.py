@@ -22,8 +22,8 @@ from detectors.schema import alert_errors
 from detectors.synthetic import SyntheticStream
 from streams.config import load
 
-RECALL_FLOOR = 0.87  # measured 0.888 on this stream
-CAUGHT_FLOOR = 19  # measured 19 of 20
+RECALL_FLOOR = 0.89  # measured 0.905 on this stream (0.888 with the earlier 60 s window and 1e-7)
+CAUGHT_FLOOR = 19  # measured 19 of 20 (a 6 h stream gives the weak campaigns fewer repetitions)
 
 
 def test_default_config_on_a_labelled_stream():

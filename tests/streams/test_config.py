@@ -14,7 +14,7 @@ from streams import config as cfg
 
 def test_defaults_validate_and_every_key_has_a_description():
     loaded = cfg.load(environ={})
-    assert loaded.config.co_action.pair_window_s == 60.0
+    assert loaded.config.co_action.pair_window_s == 30.0
     assert set(loaded.sources.values()) == {"default"}
     for section, model in cfg.SECTIONS.items():
         for key, info in model.model_fields.items():
