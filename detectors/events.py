@@ -146,7 +146,7 @@ def parse_messages(
     canonical: list[str] = []
     loads = orjson.loads
     append = events.append
-    common, new_tuple, casefold = _COMMON_ACTIONS, _new_tuple, str.casefold
+    common, casefold = _COMMON_ACTIONS, str.casefold
     for i, raw in enumerate(messages):
         if len(raw) <= max_bytes:
             try:
@@ -186,26 +186,7 @@ def parse_messages(
                                     found = more if found is None else found + more
                                 if "#" in text:
                                     tags = list(map(casefold, _TAG_RE.findall(text)))
-                            append(
-                                new_tuple(
-                                    Event,
-                                    (
-                                        ts,
-                                        account_id,
-                                        action,
-                                        event_id,
-                                        text,
-                                        ()
-                                        if not found
-                                        else (canonical_url(found[0]),)
-                                        if len(found) == 1
-                                        else tuple(dict.fromkeys(map(canonical_url, found))),
-                                        object_id or None,
-                                        () if not tags else (tags[0],) if len(tags) == 1 else tuple(dict.fromkeys(tags)),
-                                        obj or {},  # a fresh small dict rather than the emptied decoded one
-                                    ),
-                                )
-                            )
+                            append(_make(ts, account_id, action, event_id, text, found, object_id or None, tags, obj))
                             continue
                         ev = _fields(obj, None, event_id, ts, account_id, action, text, url, object_id)
                     else:
@@ -526,6 +507,14 @@ def _fields(
 
     if derive is not None and derive.error is not None:  # after every validation failure
         raise _Bad("not_json", derive.error)
+    return _make(ts, account_id, action, event_id, text, found, object_id, tags, extra)
+
+
+def _make(
+    ts: float, account_id: str, action: str, event_id: str, text: str | None, found: list[str] | None,
+    object_id: str | None, tags: list[str] | None, extra: dict[str, Any],
+) -> Event:
+    """The normalised event of checked fields: URLs canonical and de-duplicated, tags de-duplicated."""
     return _new_tuple(  # type: ignore[no-any-return]
         Event,
         (
