@@ -129,16 +129,18 @@ class Detector(ABC, Generic[P]):
         self.times = np.empty(0)  # and each event's ts
 
     # -- driving ---------------------------------------------------------------------
-    def process(self, events: Sequence[Event]) -> list[Alert]:
+    def process(self, events: Sequence[Event], ts: np.ndarray | None = None) -> list[Alert]:
         """Handle a batch (event-time order); events later than the lateness bound are dropped.
 
         Lateness is judged per event against the watermark *as of that event in the
-        sequence*, so the result never depends on where batch boundaries fall.
+        sequence*, so the result never depends on where batch boundaries fall. ``ts``: the
+        events' times, if the caller has them already (the pipeline does).
         """
         if not events:
             return []
         late = self.params.allowed_lateness_s  # type: ignore[attr-defined]
-        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
+        if ts is None:
+            ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
         marks = np.maximum.accumulate(np.maximum(ts, self.watermark))
         before = np.concatenate(([self.watermark], marks[:-1]))
         keep = ts >= before - late

@@ -231,9 +231,8 @@ def _merge(a: _Counts, b: _Counts) -> _Counts:
     if not a[0].size:
         return b
     keys, inverse = np.unique(np.concatenate((a[0], b[0])), return_inverse=True)
-    n = np.zeros(keys.size, dtype=np.int64)
-    np.add.at(n, inverse, np.concatenate((a[1], b[1])))
-    return keys, n
+    n = np.bincount(inverse, weights=np.concatenate((a[1], b[1])), minlength=keys.size)
+    return keys, n.astype(np.int64)  # float64 sums of counts: exact below 2**53
 
 
 def _lookup(table: _Counts, keys: np.ndarray) -> np.ndarray:

@@ -106,4 +106,6 @@ def test_canonical_order_is_the_full_key_sort(rows: list[tuple[int, str, str, st
     time are common: the russian data has whole-second times); duplicates keep arrival order."""
     events = [parse_obj({"ts": float(t) / 2, "event_id": e, "account_id": a, "action": x, "n": i})
               for i, (t, e, a, x) in enumerate(rows)]  # fmt: skip
-    assert _canonical(list(events)) == sorted(events, key=attrgetter("ts", "event_id", "account_id", "action"))
+    ordered, ts = _canonical(list(events), np.array([e.ts for e in events]))
+    assert ordered == sorted(events, key=attrgetter("ts", "event_id", "account_id", "action"))
+    assert ts.tolist() == [e.ts for e in ordered]
