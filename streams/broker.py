@@ -187,6 +187,17 @@ def answers_metadata(servers: Sequence[str], timeout_s: float = 2.0) -> bool:
         admin.close()
 
 
+def terminate(proc: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class EmbeddedBroker:
     """Tansu on 127.0.0.1:``port`` with memory storage; a context manager.
 
@@ -252,12 +263,7 @@ class EmbeddedBroker:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, grace_s)
         self._close_log()
 
     def signal(self, sig: int) -> None:

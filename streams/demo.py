@@ -72,8 +72,10 @@ from streams.broker import (
     describe,
     ensure_topics,
     port_in_use,
+    terminate,
 )
 from streams.config import DEFAULT_BROKER, Config, Loaded
+from streams.worker import fetch_metrics
 
 #: events/s sent and minutes run by default: the generator's default day (24 h of event
 #: time, 691 k events, its 20 campaigns) in 9.6 minutes, about one alert a second, which
@@ -214,21 +216,6 @@ def choose_broker(loaded: Loaded, port: int | None, log_file: Path) -> BrokerCho
 
 
 # -- figures ---------------------------------------------------------------------------------
-def fetch_metrics(host: str, port: int, timeout_s: float = 2.0) -> dict[str, float]:
-    """The worker's Prometheus samples: ``name`` or ``name{k=v,...}`` -> value."""
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s).read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
-    return out
-
-
 @dataclass
 class Figures:
     """What the status line shows, and the deltas for its rates."""
@@ -543,13 +530,7 @@ class Demo:
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, grace_s)
     if proc.stdout is not None:
         proc.stdout.close()
 

@@ -67,6 +67,27 @@ def serve_metrics(config: Config, folder: Path) -> int:
     return port
 
 
+def fetch_metrics(host: str, port: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """A worker's Prometheus samples: ``name{k=v,...}`` (labels sorted) or ``name`` -> value;
+    a labelled metric's ``name`` alone is the sum over its labels."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s).read().decode()
+    out: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+            else:
+                out[s.name] = s.value
+    return sums | out
+
+
 def run(config: Config, worker_id: str | None = None, loglevel: str = "info") -> NoReturn:
     """Run one worker until SIGTERM/SIGINT (or an error: exit 70)."""
     from streams.app import create_app, snapshot_topic, worker_dir

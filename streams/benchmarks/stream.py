@@ -43,6 +43,7 @@ says how much was left. Figures are rates; only the same-run ratios mean much.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -52,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from typing import Any
 import orjson
 
 from streams.benchmarks.common import Row
+from streams.worker import fetch_metrics
 
 RATE = 11.8  # organic events/s of event time: 1.0 M events in 24 h (detectors.synthetic)
 ENVELOPE = 100
@@ -135,19 +137,26 @@ async def produce(servers: str, topic: str, by_partition: Sequence[Sequence[byte
 
 
 # -- the raw baseline ------------------------------------------------------------------------
-async def raw_consume(servers: str, topic: str, partitions: int, messages: int) -> tuple[float, int, int]:
-    """A plain aiokafka consumer reads ``topic`` from the start, ``orjson.loads`` on every
-    message: (seconds, messages, events)."""
+@contextlib.asynccontextmanager
+async def from_start(servers: str, topic: str, partitions: int, client_id: str) -> AsyncIterator[Any]:
+    """A plain aiokafka consumer (no group) at the start of every partition of ``topic``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, group_id=None, enable_auto_commit=False, client_id="coordwatch-bench-raw"
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False, client_id=client_id)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def raw_consume(servers: str, topic: str, partitions: int, messages: int) -> tuple[float, int, int]:
+    """A plain aiokafka consumer reads ``topic`` from the start, ``orjson.loads`` on every
+    message: (seconds, messages, events)."""
+    async with from_start(servers, topic, partitions, "coordwatch-bench-raw") as consumer:
         loads = orjson.loads
         n_msgs = n_events = 0
         t0 = time.perf_counter()
@@ -160,16 +169,12 @@ async def raw_consume(servers: str, topic: str, partitions: int, messages: int) 
                     n_events += len(loads(r.value))
                 n_msgs += len(records)
         return time.perf_counter() - t0, n_msgs, n_events
-    finally:
-        await consumer.stop()
 
 
 def loop_main(servers: str, topic: str, partitions: int, messages: int) -> None:
     """The detection core in a plain aiokafka ``getmany`` loop, no Faust (run in its own
     process by :func:`plain_loop`): the worker's work (``parse_messages`` + one pipeline)
     at the worker's fetch size, on the main thread. Prints a JSON result line."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from detectors.events import parse_messages
     from detectors.pipeline import Pipeline, tune_gc
     from streams.config import load
@@ -180,14 +185,7 @@ def loop_main(servers: str, topic: str, partitions: int, messages: int) -> None:
     max_bytes = config.events.max_event_bytes
 
     async def go() -> dict[str, float]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers, group_id=None, enable_auto_commit=False, client_id="coordwatch-bench-loop"
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+        async with from_start(servers, topic, partitions, "coordwatch-bench-loop") as consumer:
             n_msgs = n_events = n_alerts = 0
             t0 = time.perf_counter()
             c0 = time.process_time()
@@ -202,8 +200,6 @@ def loop_main(servers: str, topic: str, partitions: int, messages: int) -> None:
                     n_alerts += len(pipeline.process(events))
             return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
                     "events": n_events, "alerts": n_alerts}
-        finally:
-            await consumer.stop()
 
     print(orjson.dumps(asyncio.run(go())).decode(), flush=True)
 
@@ -255,26 +251,15 @@ class Worker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def metrics(self) -> dict[str, float] | None:
-        from urllib.request import urlopen
-
-        from prometheus_client.parser import text_string_to_metric_families
-
         if self._port is None:
             try:
                 self._port = int((self.folder / "metrics.port").read_text().strip())
             except (OSError, ValueError):
                 return None
         try:
-            text = urlopen(f"http://127.0.0.1:{self._port}/metrics", timeout=5).read().decode()
+            return fetch_metrics("127.0.0.1", self._port, timeout_s=5)
         except OSError:
             return None
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[s.name] = out.get(s.name, 0.0) + s.value  # summed over labels
-                for k, v in s.labels.items():
-                    out[f"{s.name}{{{k}={v}}}"] = out.get(f"{s.name}{{{k}={v}}}", 0.0) + s.value
-        return out
 
     def startup_s(self) -> float | None:
         """Start-up as the worker logs it: its process start to its first input consumed."""

@@ -176,11 +176,12 @@ def test_alerts_do_not_depend_on_batching():
         assert [a.to_json() for a in run(events, batch)] == straight
 
 
-def test_snapshot_restore_mid_stream_continues_identically():
-    events = campaign_stream()
+def assert_resumes_identically(events: list[Event], shares: tuple[tuple[int, int], ...]) -> None:
+    """Snapshot after each share ``(n, d)`` of ``events``, restore, go on: the alerts of one straight run."""
     params = NearDuplicateParams()
     straight = [a.to_json() for a in run(events)]
-    for cut in (len(events) // 3, len(events) // 2, 2 * len(events) // 3):
+    for n, d in shares:
+        cut = n * len(events) // d
         det = NearDuplicateDetector(params)
         out = det.process(events[:cut])
         data = det.snapshot()
@@ -188,6 +189,10 @@ def test_snapshot_restore_mid_stream_continues_identically():
         assert resumed.snapshot() == data
         out += resumed.process(events[cut:]) + resumed.advance(math.inf)
         assert [a.to_json() for a in out] == straight
+
+
+def test_snapshot_restore_mid_stream_continues_identically():
+    assert_resumes_identically(campaign_stream(), ((1, 3), (1, 2), (2, 3)))
 
 
 def test_memory_follows_the_window_not_the_stream():
@@ -284,14 +289,4 @@ def test_a_meme_that_campaign_members_also_post_is_not_linked_in():
 
 
 def test_snapshot_restore_keeps_links_and_expired_clusters():
-    events, _ = weak_campaign()
-    params = NearDuplicateParams()
-    straight = [a.to_json() for a in run(events)]
-    for cut in (len(events) // 3, len(events) // 2, 3 * len(events) // 4):
-        det = NearDuplicateDetector(params)
-        out = det.process(events[:cut])
-        data = det.snapshot()
-        resumed = NearDuplicateDetector.restore(params, data)
-        assert resumed.snapshot() == data
-        out += resumed.process(events[cut:]) + resumed.advance(math.inf)
-        assert [a.to_json() for a in out] == straight
+    assert_resumes_identically(weak_campaign()[0], ((1, 3), (1, 2), (3, 4)))

@@ -24,13 +24,13 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.events import Rejection, parse_message
 from detectors.synthetic import SyntheticStream
 from tests.helpers import read_topic as read_records
 from streams.broker import EmbeddedBroker
 from streams.produce import envelopes
+from streams.worker import fetch_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_EVENT_BYTES = 4096
@@ -143,16 +143,7 @@ class Worker:
         return self.log.read_text(errors="replace")
 
     def metrics(self) -> dict[str, float]:
-        from urllib.request import urlopen
-
-        port = (self.folder / "metrics.port").read_text().strip()
-        text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
-        return out
+        return fetch_metrics("127.0.0.1", int((self.folder / "metrics.port").read_text().strip()), timeout_s=5)
 
     def metric(self, name: str) -> float:
         try:
