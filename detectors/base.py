@@ -111,6 +111,16 @@ class Alert:
         """Canonical bytes: sorted keys, so the same alert is the same bytes everywhere."""
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
+    @classmethod
+    def from_json(cls, data: bytes, at: float) -> Alert:
+        """The alert of :meth:`to_json` bytes (``at`` is not in them); ``to_json`` gives the same bytes back."""
+        d = orjson.loads(data)
+        return cls(
+            d["type"], d["group_id"], d["revision"], d["score"], d["window"]["start"], d["window"]["end"],
+            tuple(d["accounts"]), d["account_count"], tuple(d["keys"]), d["evidence"], d["detector"]["params"],
+            at, tuple(d["related"]),
+        )  # fmt: skip
+
 
 P = TypeVar("P", bound=BaseModel)
 

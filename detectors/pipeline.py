@@ -1,25 +1,32 @@
 """The detection pipeline: every enabled detector plus the linker, over one canonical sequence.
 
-Replay and the stream workers both drive a :class:`Pipeline`. Event time is cut into ticks of
-``linking.tick_s`` by each event's own time. A tick closes once the watermark has passed its
-end by the lateness bound (the largest ``allowed_lateness_s`` of the enabled detectors); its
-events are then sorted by (ts, event id, account, action) and go, with every other tick
-closed at the same time, to each detector in ONE call (detectors vectorise over a batch), and
-each detector is then told that event time reached the end of the last closed tick. An event
-for a tick already closed is late: it is never processed, but kept in :attr:`Pipeline.late`
-for the caller to report (replay's rejects file, a worker's dead-letter topic).
+Two parts, so the stream workers can run them on different machines (see ``streams.app``):
+
+* :class:`Detection` drives detectors over event time. Event time is cut into ticks of
+  ``linking.tick_s`` by each event's own time. A tick closes once the watermark has passed
+  its end by the lateness bound (the largest ``allowed_lateness_s`` of the enabled
+  detectors, even when a Detection runs only some of them); its events are then sorted by
+  (ts, event id, account, action) and go, with every other tick closed at the same time, to
+  each detector in ONE call (detectors vectorise over a batch), and each detector is then
+  told that event time reached the end of the last closed tick. An event for a tick already
+  closed is late: it is never processed, but returned for the caller to report (replay's
+  rejects file, a worker's dead-letter topic).
+* :class:`AlertOrder` links the alerts of one or more Detections in ONE order: (tick of
+  ``at``, detector, group id, revision). It releases an alert once every source has closed
+  its tick, so the order, and with it ``related``, is the same however the sources' ticks
+  were grouped into calls. Before an alert is linked the linker forgets alerts that ended
+  ``linking.memory_s`` before the alert's tick began.
 
 So the detectors see one time-sorted sequence, the same however the input was batched, in
 whatever order it arrived within the lateness bound, and however it was spread over Kafka
-partitions: the watermark only decides *when* a tick is handled, never what is in it. The
-alerts are put in one order, (tick of the watermark they were decided at, detector, group id,
-revision), and linked in it; before a tick's alerts are linked the linker forgets alerts that
-ended ``linking.memory_s`` before the tick began. The cost is latency: a tick is handled
-``allowed_lateness_s`` after it ends.
+partitions or workers: the watermark only decides *when* a tick is handled, never what is in
+it. The cost is latency: a tick is handled ``allowed_lateness_s`` after it ends, and its
+alerts are linked once the next tick has closed too (an alert decided at the end of a tick
+belongs to the next one).
 
-``process(events)`` buffers a batch and closes what its newest event time allows (one input
-in sequence order: replay); a worker fed by several partitions calls ``add`` and then
-``advance`` with the least of their watermarks.
+:class:`Pipeline` is one Detection of every enabled detector feeding one AlertOrder (replay,
+tests). ``process(events)`` buffers a batch and closes what its newest event time allows (one
+input in sequence order).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from detectors.params import LinkingParams
 from sketches.errors import IncompatibleSketchError
 from sketches.protocol import pack, unpack
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 #: Generation-0 threshold while a pipeline runs (CPython's default is 700).
 GC_GEN0_THRESHOLD = 100_000
@@ -87,38 +94,27 @@ def _canonical(events: list[Event], ts: np.ndarray) -> tuple[list[Event], np.nda
     return out, ts
 
 
-class Pipeline:
-    def __init__(self, detectors: Sequence[Detector[Any]], linking: LinkingParams) -> None:
+class Detection:
+    """Detectors over closed ticks (unlinked alerts out)."""
+
+    def __init__(self, detectors: Sequence[Detector[Any]], tick_s: float, lateness: float) -> None:
         self.detectors = list(detectors)
-        self.linking = linking
-        self.linker = Linker(linking.memory_s, linking.min_shared_accounts)
-        self.lateness = max((d.params.allowed_lateness_s for d in self.detectors), default=0.0)
-        self.late: list[Event] = []  # process()'s late events, for the caller to report and clear
+        self.tick_s = tick_s
+        self.lateness = lateness
         self._open: list[Event] = []  # events of open ticks, in arrival order
         self._open_ts = np.empty(0)  # their times
         self._closed = -math.inf  # ticks up to this index are closed
         self._newest = -math.inf  # the newest event time added
-
-    @classmethod
-    def from_config(cls, config: DetectorConfig) -> Pipeline:
-        """One detector per enabled config section."""
-        dets = [
-            klass(getattr(config, name))
-            for name, klass in detector_classes().items()
-            if getattr(config, name).enabled
-        ]
-        return cls(dets, config.linking)
 
     @property
     def newest(self) -> float:
         """The newest event time added (the watermark of one input read in order)."""
         return self._newest
 
-    # -- driving ---------------------------------------------------------------------
-    def process(self, events: Sequence[Event]) -> list[Alert]:
-        """Add a batch (late events into :attr:`late`) and close the ticks its newest event time allows."""
-        self.late += self.add(events)
-        return self.advance(self._newest)
+    @property
+    def closed(self) -> float:
+        """The index of the last closed tick (``-inf`` before any, ``inf`` at the end)."""
+        return self._closed
 
     def add(self, events: Sequence[Event]) -> list[Event]:
         """Buffer events into their ticks; returns the late ones (their tick is closed)."""
@@ -126,7 +122,7 @@ class Pipeline:
             return []
         ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
         self._newest = max(self._newest, float(ts.max()))
-        is_late = np.floor(ts / self.linking.tick_s) <= self._closed
+        is_late = np.floor(ts / self.tick_s) <= self._closed
         late: list[Event] = []
         if is_late.any():
             late = [events[i] for i in np.flatnonzero(is_late).tolist()]
@@ -146,9 +142,9 @@ class Pipeline:
         )
 
     def advance(self, watermark: float) -> list[Alert]:
-        """Event time reached ``watermark``: handle the ticks it closes. ``advance(math.inf)``
-        closes everything (the end of a replay)."""
-        step = self.linking.tick_s
+        """Event time reached ``watermark``: handle the ticks it closes (unlinked alerts;
+        :attr:`closed` tells up to where). ``advance(math.inf)`` closes everything."""
+        step = self.tick_s
         upto = math.inf if watermark == math.inf else math.floor((watermark - self.lateness) / step) - 1
         if upto <= self._closed:
             return []
@@ -168,59 +164,168 @@ class Pipeline:
             if batch:
                 found += d.process(batch, ts)
             found += d.advance(horizon)
-        return self._link(found)
-
-    def _link(self, alerts: list[Alert]) -> list[Alert]:
-        """``alerts`` in the pipeline's order, each linked to the earlier ones."""
-        if not alerts:
-            return alerts
-        step = self.linking.tick_s
-        order = {d.NAME: i for i, d in enumerate(self.detectors)}
-        alerts.sort(key=lambda a: (math.floor(a.at / step) if a.at < math.inf else math.inf,
-                                   order[a.type], a.group_id, a.revision))  # fmt: skip
-        linked = []
-        for a in alerts:
-            if a.at < math.inf:
-                self.linker.expire(math.floor(a.at / step) * step)
-            linked.append(self.linker.link(a))
-        return linked
+        return found
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
         return {d.NAME: dict(d.stats) for d in self.detectors}
 
-    # -- state -----------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """All state: each detector's snapshot, the linker index and the open ticks' events."""
+        """All state: each detector's snapshot and the open ticks' events."""
         header = {
-            "kind": "pipeline",
+            "kind": "detection",
             "version": STATE_VERSION,
             "detectors": [d.NAME for d in self.detectors],
-            "closed": None if self._closed == -math.inf else self._closed,
-            "newest": None if self._newest == -math.inf else self._newest,
-            "linker": self.linker.state(),
+            "closed": _fin(self._closed),
+            "newest": _fin(self._newest),
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
-        ticks = np.floor(self._open_ts / self.linking.tick_s)
+        ticks = np.floor(self._open_ts / self.tick_s)
         order = np.argsort(ticks, kind="stable").tolist()  # by tick, arrival order within
         buffered = b"\n".join(event_to_json(self._open[i]) for i in order)
         return pack(header, [*arrays, np.frombuffer(buffered, dtype=np.uint8)])
 
     def restore(self, data: bytes) -> None:
         """Resume from :meth:`snapshot` bytes (same detectors and params, or an error)."""
-        header, arrays = unpack(data, kind="pipeline", version=STATE_VERSION)
+        header, arrays = unpack(data, kind="detection", version=STATE_VERSION)
         names = [d.NAME for d in self.detectors]
         if header["detectors"] != names:
-            raise IncompatibleSketchError(
-                f"pipeline snapshot has detectors {header['detectors']}, this config runs {names}"
-            )
-        self.detectors = [
-            type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)
-        ]
-        self._closed = -math.inf if header["closed"] is None else header["closed"]
-        self._newest = -math.inf if header["newest"] is None else header["newest"]
-        self.linker = Linker(self.linking.memory_s, self.linking.min_shared_accounts)
-        self.linker.load_state(header["linker"])
+            raise IncompatibleSketchError(f"snapshot has detectors {header['detectors']}, this config runs {names}")
+        self.detectors = [type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)]
+        self._closed = _unfin(header["closed"])
+        self._newest = _unfin(header["newest"])
         raw = arrays[-1].tobytes()
         self._open, self._open_ts = [], np.empty(0)
         self.add([parse_event(line) for line in raw.split(b"\n")] if raw else [])  # type: ignore[misc]
+
+
+class AlertOrder:
+    """The alerts of named sources (Detections), linked in one order once all have closed their tick."""
+
+    def __init__(self, sources: Sequence[str], detectors: Sequence[str], linking: LinkingParams) -> None:
+        self.sources = list(sources)
+        self.linking = linking
+        self._rank = {name: i for i, name in enumerate(detectors)}
+        self.linker = Linker(linking.memory_s, linking.min_shared_accounts)
+        self.closed = dict.fromkeys(self.sources, -math.inf)  # each source's last closed tick
+        self.released = -math.inf  # alerts up to this tick are out
+        self._held: list[Alert] = []
+
+    def offer(self, source: str, closed: float, alerts: Sequence[Alert]) -> list[Alert]:
+        """``source`` closed its ticks up to ``closed`` and found ``alerts``: the alerts now
+        due, linked, in order."""
+        self.closed[source] = max(self.closed[source], closed)
+        self._held += alerts
+        upto = min(self.closed.values())
+        if upto <= self.released or not self._held:
+            self.released = max(self.released, upto)
+            return []
+        self.released = upto
+        step = self.linking.tick_s
+        tick = [math.floor(a.at / step) if a.at < math.inf else math.inf for a in self._held]
+        due = [(t, self._rank[a.type], a.group_id, a.revision, a) for t, a in zip(tick, self._held) if t <= upto]
+        self._held = [a for t, a in zip(tick, self._held) if t > upto]
+        due.sort(key=lambda x: x[:4])
+        linked = []
+        for t, _, _, _, a in due:
+            if t < math.inf:
+                self.linker.expire(t * step)
+            linked.append(self.linker.link(a))
+        return linked
+
+    def snapshot(self) -> bytes:
+        header = {
+            "kind": "alert_order",
+            "version": STATE_VERSION,
+            "closed": [[s, _fin(c)] for s, c in self.closed.items()],
+            "released": _fin(self.released),
+            "linker": self.linker.state(),
+        }
+        held = b"\n".join(a.to_json() for a in self._held)
+        ats = np.array([a.at for a in self._held], dtype=np.float64)
+        return pack(header, [ats, np.frombuffer(held, dtype=np.uint8)])
+
+    def restore(self, data: bytes) -> None:
+        header, (ats, held) = unpack(data, kind="alert_order", version=STATE_VERSION)
+        stored = [s for s, _ in header["closed"]]
+        if stored != self.sources:
+            raise IncompatibleSketchError(f"alert order snapshot has sources {stored}, this config runs {self.sources}")
+        self.closed = {s: _unfin(c) for s, c in header["closed"]}
+        self.released = _unfin(header["released"])
+        self.linker = Linker(self.linking.memory_s, self.linking.min_shared_accounts)
+        self.linker.load_state(header["linker"])
+        raw = held.tobytes()
+        self._held = [Alert.from_json(line, float(at)) for line, at in zip(raw.split(b"\n"), ats)] if raw else []
+
+
+class Pipeline:
+    """Every enabled detector in one :class:`Detection`, linked by one :class:`AlertOrder`."""
+
+    SOURCE = "all"
+
+    def __init__(self, detectors: Sequence[Detector[Any]], linking: LinkingParams) -> None:
+        self.linking = linking
+        self.detection = Detection(detectors, linking.tick_s, lateness_of(detectors))
+        self.order = AlertOrder([self.SOURCE], [d.NAME for d in detectors], linking)
+        self.late: list[Event] = []  # process()'s late events, for the caller to report and clear
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig) -> Pipeline:
+        """One detector per enabled config section."""
+        return cls(enabled_detectors(config), config.linking)
+
+    @property
+    def detectors(self) -> list[Detector[Any]]:
+        return self.detection.detectors
+
+    @property
+    def newest(self) -> float:
+        return self.detection.newest
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        return self.detection.stats
+
+    def process(self, events: Sequence[Event]) -> list[Alert]:
+        """Add a batch (late events into :attr:`late`) and close the ticks its newest event time allows."""
+        self.late += self.detection.add(events)
+        return self.advance(self.detection.newest)
+
+    def late_rejection(self, e: Event) -> Rejection:
+        return self.detection.late_rejection(e)
+
+    def advance(self, watermark: float) -> list[Alert]:
+        """Event time reached ``watermark``: the linked alerts of the ticks it closes.
+        ``advance(math.inf)`` closes everything (the end of a replay)."""
+        found = self.detection.advance(watermark)
+        return self.order.offer(self.SOURCE, self.detection.closed, found)
+
+    def snapshot(self) -> bytes:
+        header = {"kind": "pipeline", "version": STATE_VERSION}
+        parts = [self.detection.snapshot(), self.order.snapshot()]
+        return pack(header, [np.frombuffer(b, dtype=np.uint8) for b in parts])
+
+    def restore(self, data: bytes) -> None:
+        """Resume from :meth:`snapshot` bytes (same detectors and params, or an error)."""
+        _, (detection, order) = unpack(data, kind="pipeline", version=STATE_VERSION)
+        self.detection.restore(detection.tobytes())
+        self.order.restore(order.tobytes())
+
+
+def enabled_detectors(config: DetectorConfig) -> list[Detector[Any]]:
+    """One detector per enabled config section, in alert order."""
+    return [klass(getattr(config, name)) for name, klass in detector_classes().items() if getattr(config, name).enabled]
+
+
+def lateness_of(detectors: Sequence[Detector[Any]]) -> float:
+    """The lateness bound of a pipeline running ``detectors`` (or any part of them)."""
+    return max((d.params.allowed_lateness_s for d in detectors), default=0.0)
+
+
+def _fin(x: float) -> float | str | None:
+    """A tick index for a JSON header (which has no infinities)."""
+    return None if x == -math.inf else "inf" if x == math.inf else x
+
+
+def _unfin(x: float | str | None) -> float:
+    return -math.inf if x is None else math.inf if x == "inf" else x  # type: ignore[return-value]

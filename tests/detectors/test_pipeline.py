@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import orjson
 
 from detectors.events import Event, parse_obj
-from detectors.pipeline import Pipeline, _canonical
+from detectors.pipeline import AlertOrder, Detection, Pipeline, _canonical, enabled_detectors, lateness_of
 from detectors.synthetic import SyntheticStream
 from streams.config import Config
 
@@ -59,12 +59,37 @@ def test_watermarks_between_batches_do_not_change_output() -> None:
     assert tuple(out) == straight()
 
 
+def test_one_detection_per_detector_linked_by_one_order_is_the_pipeline() -> None:
+    """What the stream workers run: each detector in its own Detection, fed its own batches
+    (so each closes ticks at its own pace), the alerts of all linked by one AlertOrder that
+    is snapshotted and restored on the way: the pipeline's bytes."""
+    config, evs = Config(), stream()
+    dets = enabled_detectors(config)
+    units = {d.NAME: Detection([d], config.linking.tick_s, lateness_of(dets)) for d in dets}
+    order = AlertOrder(list(units), list(units), config.linking)
+    out: list[bytes] = []
+    for k, (name, unit) in enumerate(units.items()):
+        batch = (700, 3000, 11000)[k]
+        for i in range(0, len(evs), batch):
+            unit.add(evs[i : i + batch])
+            out += [a.to_json() for a in order.offer(name, unit.closed, unit.advance(unit.newest))]
+            if k == 2 and i == 11000 * 10:
+                assert order._held, "the restore should carry held alerts"
+                data, order = order.snapshot(), AlertOrder(list(units), list(units), config.linking)
+                order.restore(data)
+                assert order.snapshot() == data
+    for name, unit in units.items():
+        found = unit.advance(math.inf)
+        out += [a.to_json() for a in order.offer(name, unit.closed, found)]
+    assert tuple(out) == straight()
+
+
 def test_snapshot_restore_mid_tick_continues_identically() -> None:
     evs = stream()
     cut = len(evs) // 3 + 7  # inside a tick: the snapshot holds buffered events
     pipe = Pipeline.from_config(Config())
     first = [a.to_json() for a in pipe.process(evs[:cut])]
-    assert pipe._open, "the cut should leave open ticks"
+    assert pipe.detection._open, "the cut should leave open ticks"
     data = pipe.snapshot()
     resumed = Pipeline.from_config(Config())
     resumed.restore(data)
@@ -91,7 +116,7 @@ def test_events_later_than_the_lateness_bound_are_kept_aside_not_processed() -> 
     evs = stream()[:20_000]
     pipe = Pipeline.from_config(Config())
     pipe.process(evs)
-    old = evs[100]._replace(event_id="late-1", ts=evs[-1].ts - pipe.lateness - 3 * Config().linking.tick_s)
+    old = evs[100]._replace(event_id="late-1", ts=evs[-1].ts - pipe.detection.lateness - 3 * Config().linking.tick_s)
     pipe.process([old])
     assert pipe.late == [old]
     pipe.advance(math.inf)
