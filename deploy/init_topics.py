@@ -9,8 +9,8 @@ with ``topics.partitions`` partitions and ``topics.replication_factor`` replicas
 the usual layers (``COORDWATCH_*`` environment variables in a container). A topic that
 exists is left as it is (Kafka cannot shrink partitions, and growing them moves keys), and a
 partition count other than the configured one is reported. Retention options apply only to
-topics this run creates; alter an existing topic with ``kafka-configs.sh``. The worker's own
-snapshot topic is created by the worker (one partition, short retention).
+topics this run creates; alter an existing topic with ``kafka-configs.sh``. The topics between
+the agents (``<app_id>.work``, ``.link``, ``.snapshots.*``) are created by the worker.
 
 Exit codes: 0 done, 1 the broker did not answer within ``--wait-s``, 2 invalid configuration.
 """
@@ -24,7 +24,7 @@ import time
 
 from sketches.errors import ConfigError
 from streams import config as cfg
-from streams.broker import BrokerError, bootstrap_servers, describe, ensure_topics, kafka_python_settings
+from streams.broker import BrokerError, bootstrap_servers, describe, ensure_topics, partition_counts
 
 
 def reachable(broker: str, timeout_s: float = 2.0) -> bool:
@@ -38,18 +38,6 @@ def reachable(broker: str, timeout_s: float = 2.0) -> bool:
         except OSError:
             continue
     return False
-
-
-def partition_counts(config: cfg.Config, names: list[str]) -> dict[str, int]:
-    """Topic name -> number of partitions, as the broker reports them."""
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(client_id="coordwatch-init", **kafka_python_settings(config.kafka))
-    try:
-        # kafka-python 3 names the topic "name", 2.x "topic"
-        return {t.get("name") or t["topic"]: len(t["partitions"]) for t in admin.describe_topics(names)}
-    finally:
-        admin.close()
 
 
 def init_topics(

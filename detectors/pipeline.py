@@ -176,8 +176,8 @@ class Detection:
             "kind": "detection",
             "version": STATE_VERSION,
             "detectors": [d.NAME for d in self.detectors],
-            "closed": _fin(self._closed),
-            "newest": _fin(self._newest),
+            "closed": tick_json(self._closed),
+            "newest": tick_json(self._newest),
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
         ticks = np.floor(self._open_ts / self.tick_s)
@@ -192,8 +192,8 @@ class Detection:
         if header["detectors"] != names:
             raise IncompatibleSketchError(f"snapshot has detectors {header['detectors']}, this config runs {names}")
         self.detectors = [type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)]
-        self._closed = _unfin(header["closed"])
-        self._newest = _unfin(header["newest"])
+        self._closed = json_tick(header["closed"])
+        self._newest = json_tick(header["newest"])
         raw = arrays[-1].tobytes()
         self._open, self._open_ts = [], np.empty(0)
         self.add([parse_event(line) for line in raw.split(b"\n")] if raw else [])  # type: ignore[misc]
@@ -237,8 +237,8 @@ class AlertOrder:
         header = {
             "kind": "alert_order",
             "version": STATE_VERSION,
-            "closed": [[s, _fin(c)] for s, c in self.closed.items()],
-            "released": _fin(self.released),
+            "closed": [[s, tick_json(c)] for s, c in self.closed.items()],
+            "released": tick_json(self.released),
             "linker": self.linker.state(),
         }
         held = b"\n".join(a.to_json() for a in self._held)
@@ -250,8 +250,8 @@ class AlertOrder:
         stored = [s for s, _ in header["closed"]]
         if stored != self.sources:
             raise IncompatibleSketchError(f"alert order snapshot has sources {stored}, this config runs {self.sources}")
-        self.closed = {s: _unfin(c) for s, c in header["closed"]}
-        self.released = _unfin(header["released"])
+        self.closed = {s: json_tick(c) for s, c in header["closed"]}
+        self.released = json_tick(header["released"])
         self.linker = Linker(self.linking.memory_s, self.linking.min_shared_accounts)
         self.linker.load_state(header["linker"])
         raw = held.tobytes()
@@ -322,10 +322,10 @@ def lateness_of(detectors: Sequence[Detector[Any]]) -> float:
     return max((d.params.allowed_lateness_s for d in detectors), default=0.0)
 
 
-def _fin(x: float) -> float | str | None:
+def tick_json(x: float) -> float | str | None:
     """A tick index for a JSON header (which has no infinities)."""
     return None if x == -math.inf else "inf" if x == math.inf else x
 
 
-def _unfin(x: float | str | None) -> float:
+def json_tick(x: float | str | None) -> float:
     return -math.inf if x is None else math.inf if x == "inf" else x  # type: ignore[return-value]

@@ -1,36 +1,56 @@
-"""The Faust app: raw input messages in, dead letters and alerts out, state snapshotted.
+"""The Faust app: input in, the detectors spread over the workers, alerts out, state snapshotted.
 
-Ingest: the agent reads the event topics as raw bytes, parses every message with
-:func:`~detectors.events.parse_message` (single events and envelopes), sends each
-:class:`~detectors.events.Rejection` to the dead-letter topic (the rejected bytes, the
-source message's key, headers ``source_topic``, ``source_partition``, ``source_offset``,
-``reason``, ``detail`` and ``index`` for an envelope element) and hands valid events,
-``kafka.batch_messages`` messages at a time, to ONE :class:`~detectors.pipeline.Pipeline`
-for everything this worker consumes. Alerts go to the alerts topic, key ``group_id``,
-value ``Alert.to_json()``. (A pipeline per partition later: key ``self.pipeline`` by
-``tp``; offsets already are.) Parsing and detection run on one dedicated thread, which
-alone touches the pipeline: on the event loop they starved Faust's consumer thread.
+Three agents, each on its own topic, so that N workers in one group compute exactly what one does:
 
-Recovery: snapshots, not re-reading. Re-reading the window's span cannot reproduce the
-state (a pipeline started mid-stream makes other groups and revisions), and a co_action
-window is hours long. Every ``snapshot_interval_s`` the worker writes
-``Pipeline.snapshot()`` together with, per input partition, the next offset not yet in
-that state and the alerts topic's end offsets, to its own topic
-``<app_id>.snapshots.<worker_id>`` (one partition, chunks of 512 KiB, read from the tail).
-Input messages are acked to Faust only once a snapshot holding them is written, so the
-committed offset never passes the snapshot. A restarted worker restores the newest
-complete snapshot, skips input below its offsets (and anything it has processed since,
-should a rebalance deliver it again), and reads the alerts topic from the recorded
-offsets into a seen-id set: replaying up to one interval of input re-derives the same
-alerts (ids are deterministic from group and revision), and those already published are
-not sent again. Dead letters are at-least-once: a crash may repeat up to one interval's.
-A graceful stop is treated like a crash (no final snapshot: agents are cancelled mid-batch).
+* **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
+  does not parse: it frames the input messages of a batch with their offsets into one
+  message per input partition (at most 512 KiB) and sends a copy to every partition of the
+  *work topic* ``<app_id>.work``, then acks the input. Messages larger than
+  ``events.max_event_bytes`` go straight to the dead-letter topic.
+* **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector
+  (co_action, near_duplicate, burst) as one :class:`~detectors.pipeline.Detection` over every
+  event, in event time. The work is cut by detector, not by object or LSH band: a co_action
+  group or a near_duplicate cluster can join any two objects or texts, so cutting their state
+  by key would change what they find. The stage parses (the first detector's stage sends the
+  rejections to the dead-letter topic, headers ``source_topic``, ``source_partition``,
+  ``source_offset``, ``reason``, ``detail``, and ``index`` for an envelope element), skips
+  input already in its state, and each time it closes ticks sends their alerts, unlinked, to
+  the *link topic* ``<app_id>.link`` (one partition), stamped with its work offset. Late
+  events are dead-lettered by each detector that never processed them (header ``detector``).
+* **link** reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
+  alerts of all detectors once each has closed the tick and publishes them to the alerts
+  topic (key ``group_id``, value ``Alert.to_json()``). A re-sent stage message (an offset
+  not above the last one taken from that detector) is skipped.
+
+Every message of a partition is handled on its own, in offset order, and what it yields
+depends only on the stage's state and the message. So a stage resumed from a snapshot re-sends
+what it sent before, and the alerts are the same whichever worker runs which partition and
+however many workers there are (replay runs the same detectors in one Detection: the same
+alerts, tested). Parsing and detection run on one dedicated thread, which alone touches stage
+state: on the event loop they starved Faust's consumer thread.
+
+Recovery: snapshots, not re-reading. Re-reading the window's span cannot reproduce the state
+(a pipeline started mid-stream makes other groups and revisions), and a co_action window is
+hours long. Each stage (``detect-<detector>``, ``link``) belongs to its partition and
+snapshots to its own topic ``<app_id>.snapshots.<stage>`` (one partition, chunks of 512 KiB,
+read from the tail) every ``snapshot_interval_s``, with the next offset of each partition it
+has taken input from (its own, and for a detector the event partitions behind it) and, for
+link, the alerts topic's end offsets. Input is acked to Faust only once a snapshot holding it
+is written, so the committed offset never passes the snapshot. When a rebalance revokes a
+partition its stage is dropped at once (under the lock snapshots take, so none is written
+after), and whichever worker gets the partition restores the newest snapshot, skips input
+below its offsets and (link) reads the alerts topic from the recorded offsets into a seen-id
+set: alert ids are deterministic from group and revision, so those already published are not
+sent again. Dead letters are at-least-once: a crash may repeat up to one interval's. A
+graceful stop is treated like a crash (no final snapshot: agents are cancelled mid-batch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import struct
 import time
 import uuid
@@ -41,6 +61,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -48,8 +69,8 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import Counter, Gauge
 
 from detectors.base import Alert
-from detectors.events import Rejection, parse_message
-from detectors.pipeline import Pipeline, tune_gc
+from detectors.events import Rejection, parse_message, parse_messages
+from detectors.pipeline import AlertOrder, Detection, enabled_detectors, json_tick, lateness_of, tick_json, tune_gc
 from streams.broker import aiokafka_settings, faust_settings
 from streams.config import Config
 from streams.worker import fatal, started_ago
@@ -60,17 +81,18 @@ CHUNK_BYTES = 512 * 1024
 #: dead letters larger than this are cut (header ``truncated_from``): Kafka's default
 #: message limit is 1 MB and the DLQ must never fail on the message it exists for.
 DLQ_MAX_BYTES = 900 * 1024
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 T = TypeVar("T")
 
-EVENTS = Counter("coordwatch_events", "valid events handed to the pipeline")
-MESSAGES = Counter("coordwatch_messages", "input messages consumed (skipped re-deliveries excluded)")
+EVENTS = Counter("coordwatch_events", "valid events handed to the detectors (counted once, by the first detector's stage)")
+MESSAGES = Counter("coordwatch_messages", "input messages ingested (after a crash, re-read ones count again)")
 REJECTED = Counter("coordwatch_rejected", "rejected input sent to the dead-letter topic", ["reason"])
 ALERTS = Counter("coordwatch_alerts", "alerts published", ["type"])
 SUPPRESSED = Counter("coordwatch_alerts_suppressed", "alerts not re-published after a restart (already on the topic)")
+OUT_OF_ORDER = Counter("coordwatch_out_of_order", "stage input skipped ahead of its next offset (re-read in order)")
 LAG = Gauge("coordwatch_lag", "messages behind the partition end", ["topic", "partition"])
-STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last pipeline snapshot")
-SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot took")
+STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot, per stage", ["stage"])
+SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot took, per stage", ["stage"])
 WATERMARK = Gauge("coordwatch_event_time", "newest event time seen (unix seconds)")
 
 
@@ -78,8 +100,8 @@ def worker_dir(config: Config, worker_id: str) -> Path:
     return Path(config.kafka.data_dir) / worker_id
 
 
-def snapshot_topic(config: Config, worker_id: str) -> str:
-    return f"{config.kafka.app_id}.snapshots.{worker_id}"
+def snapshot_topic(config: Config, stage: str) -> str:
+    return f"{config.kafka.app_id}.snapshots.{stage}"
 
 
 @dataclass
@@ -114,13 +136,13 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """A worker's snapshots on its own single-partition topic, read back from the tail."""
+    """A stage's snapshots on its own single-partition topic, read back from the tail."""
 
-    def __init__(self, config: Config, worker_id: str, app: faust.App) -> None:
+    def __init__(self, config: Config, stage: str, app: faust.App) -> None:
         self.config = config
-        self.topic = snapshot_topic(config, worker_id)
+        self.topic = snapshot_topic(config, stage)
         self.app = app
-        self.client_id = f"coordwatch-{worker_id}-state"
+        self.client_id = f"coordwatch-{stage}-state"
         self.reader: AIOKafkaConsumer = None  # type: ignore[assignment]  # needs the running loop
         self.alert_partitions: list[TopicPartition] = []
 
@@ -222,85 +244,372 @@ def _chunk(msg: Any) -> tuple[int, int]:
     return int(i), int(n)
 
 
-class Ingest:
-    """The agent's work: parse, dead-letter, detect, publish, snapshot, restore."""
+
+
+def work_topic(config: Config) -> str:
+    return f"{config.kafka.app_id}.work"
+
+
+def link_topic(config: Config) -> str:
+    return f"{config.kafka.app_id}.link"
+
+
+def detector_names(config: Config) -> list[str]:
+    """The enabled detectors: work partition ``u`` is the ``u``-th."""
+    return [d.NAME for d in enabled_detectors(config)]
+
+
+def stage_names(config: Config) -> list[str]:
+    return [f"detect-{name}" for name in detector_names(config)] + ["link"]
+
+
+def internal_topics(config: Config) -> dict[str, int]:
+    """Topic name -> partitions of the topics between and beside the agents."""
+    return {
+        work_topic(config): len(detector_names(config)),
+        link_topic(config): 1,
+        **{snapshot_topic(config, s): 1 for s in stage_names(config)},
+    }
+
+
+# -- frames: input messages with their offsets and keys, one work-topic message ----------
+_HEAD = struct.Struct(">I")
+
+
+def pack_frames(offsets: Sequence[int], keys: Sequence[bytes | None], values: Sequence[bytes]) -> bytes:
+    """``n``, ``n`` offsets (int64), key and value lengths (uint32; a missing key is
+    0xFFFFFFFF), then the keys and the values back to back."""
+    klen = [0xFFFFFFFF if k is None else len(k) for k in keys]
+    head = b"".join(np.array(x, dtype=d).tobytes() for x, d in
+                    ((offsets, ">i8"), (klen, ">u4"), ([len(v) for v in values], ">u4")))  # fmt: skip
+    return _HEAD.pack(len(values)) + head + b"".join(k or b"" for k in keys) + b"".join(values)
+
+
+def unpack_frames(data: bytes) -> tuple[list[int], list[bytes | None], list[bytes]]:
+    (n,) = _HEAD.unpack_from(data)
+    offsets = np.frombuffer(data, dtype=">i8", count=n, offset=4).tolist()
+    klen = np.frombuffer(data, dtype=">u4", count=n, offset=4 + 8 * n).astype(np.int64)
+    vlen = np.frombuffer(data, dtype=">u4", count=n, offset=4 + 12 * n).astype(np.int64)
+    none = klen == 0xFFFFFFFF
+    klen[none] = 0
+    ends = np.cumsum(np.concatenate((klen, vlen))).tolist()
+    base = 4 + 16 * n
+    parts = [data[base + a : base + b] for a, b in zip([0, *ends[:-1]], ends)]
+    keys = [None if nk else k for nk, k in zip(none.tolist(), parts[:n])]
+    return offsets, keys, parts[n:]
+
+
+def _header(msg: Any, name: str) -> bytes:
+    return dict(msg.headers or ()).get(name, b"")
+
+
+@dataclass
+class Out:
+    """What handling input produced, to send from the event loop: (topic, key, value, partition, headers)."""
+
+    sends: list[tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class Stage:
+    """One partition's state (a detector, or the linking), snapshotted to its own topic."""
+
+    def __init__(self, config: Config, name: str, tp: TP, app: faust.App) -> None:
+        self.config, self.name, self.tp, self.app = config, name, tp, app
+        self.store = SnapshotStore(config, name, app)
+        self.offsets: dict[tuple[str, int], int] = {}  # next offset not in the state, per partition read
+        self.pending: list[EventT] = []  # consumed, in the state, not yet in a snapshot: unacked
+        self.sent: list[Awaitable[Any]] = []  # deliveries caused by pending input
+        self.fresh = False  # started without a snapshot and has taken nothing yet
+
+    @property
+    def next_offset(self) -> int:
+        return self.offsets.get((self.tp.topic, self.tp.partition), 0)
+
+    def handle(self, msg: Any, value: bytes) -> Out:
+        """One input message (already known to be new): the state moves on."""
+        self.offsets[(self.tp.topic, self.tp.partition)] = msg.offset + 1
+        return self._handle(msg, value)
+
+    def _handle(self, msg: Any, value: bytes) -> Out:
+        raise NotImplementedError
+
+    def state(self) -> bytes:
+        raise NotImplementedError
+
+    def load(self, state: bytes) -> None:
+        raise NotImplementedError
+
+    async def restored(self, snap: Snapshot | None) -> None:
+        """After :meth:`load` (or with nothing to load): anything more to fetch."""
+
+    def alert_offsets_needed(self) -> bool:
+        return False
+
+    @property
+    def stats(self) -> Any:
+        return {}
+
+
+class DetectStage(Stage):
+    """Work partition ``u``: detector ``u`` over every event; the first one also dead-letters rejections."""
+
+    def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
+        dets = enabled_detectors(config)
+        det = dets[tp.partition]
+        super().__init__(config, f"detect-{det.NAME}", tp, app)
+        self.detector = det.NAME
+        self.primary = tp.partition == 0  # counts events and reports rejections, once
+        self.detection = Detection([det], config.linking.tick_s, lateness_of(dets))
+
+    def _handle(self, msg: Any, value: bytes) -> Out:
+        src = (_header(msg, "source_topic").decode(), int(_header(msg, "source_partition") or 0))
+        offsets, keys, values = unpack_frames(value)
+        done = self.offsets.get(src, 0)
+        if offsets and offsets[0] < done:  # re-sent by an ingest that restarted: take the new part
+            keep = [i for i, o in enumerate(offsets) if o >= done]
+            offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
+        out = Out()
+        if not offsets:
+            return out
+        self.offsets[src] = offsets[-1] + 1
+        events, rejected = parse_messages(values, self.config.events.max_event_bytes)
+        if self.primary:
+            EVENTS.inc(len(events))
+            for i, r in rejected:
+                out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
+        late = self.detection.add(events)  # type: ignore[arg-type]
+        for e in late:
+            r = self.detection.late_rejection(e)
+            out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
+        before = self.detection.closed
+        found = self.detection.advance(self.detection.newest)
+        if self.primary and events:
+            WATERMARK.set(self.detection.newest)
+        if self.detection.closed > before:
+            # a JSON head line, then one alert per line (their canonical bytes, as published)
+            head = {"detector": self.detector, "offset": msg.offset, "closed": tick_json(self.detection.closed),
+                    "at": [a.at for a in found]}  # fmt: skip
+            body = b"\n".join([orjson.dumps(head), *(a.to_json() for a in found)])
+            out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
+        return out
+
+    def state(self) -> bytes:
+        return self.detection.snapshot()
+
+    def load(self, state: bytes) -> None:
+        self.detection.restore(state)
+
+    @property
+    def stats(self) -> Any:
+        return self.detection.stats
+
+
+class LinkStage(Stage):
+    """The link partition: every detector's alerts, linked in one order, published once."""
+
+    def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
+        super().__init__(config, "link", tp, app)
+        names = detector_names(config)
+        self.work = work_topic(config)
+        self.partition_of = {name: u for u, name in enumerate(names)}
+        self.order = AlertOrder(names, names, config.linking)
+        self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)
+
+    def _handle(self, msg: Any, value: bytes) -> Out:
+        lines = value.split(b"\n")
+        body = orjson.loads(lines[0])
+        source = (self.work, self.partition_of[body["detector"]])
+        out = Out()
+        if body["offset"] < self.offsets.get(source, 0):
+            return out  # sent again by a detector stage resumed from an older snapshot
+        self.offsets[source] = body["offset"] + 1
+        found = [Alert.from_json(a, at) for a, at in zip(lines[1:], body["at"])]
+        out.alerts = self.order.offer(body["detector"], json_tick(body["closed"]), found)
+        return out
+
+    def state(self) -> bytes:
+        return self.order.snapshot()
+
+    def load(self, state: bytes) -> None:
+        self.order.restore(state)
+
+    async def restored(self, snap: Snapshot | None) -> None:
+        if snap is not None:
+            self.seen = await self.store.alert_ids_since(snap.alert_offsets)
+            log.info("link: %d alert ids already published after the snapshot", len(self.seen))
+
+    def alert_offsets_needed(self) -> bool:
+        return True
+
+
+def dead_letter(
+    config: Config, src: tuple[str, int], offset: int | None, key: bytes | None, detector: str | None, r: Rejection
+) -> tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]]]:
+    """A rejection as a dead-letter send (the rejected bytes, cut at ``DLQ_MAX_BYTES``)."""
+    REJECTED.labels(r.reason).inc()
+    value = r.raw
+    headers = [("source_topic", src[0].encode()), ("source_partition", str(src[1]).encode())]
+    if offset is not None:
+        headers.append(("source_offset", str(offset).encode()))
+    headers += [("reason", r.reason.encode()), ("detail", r.detail.encode())]
+    if r.index is not None:
+        headers.append(("index", str(r.index).encode()))
+    if detector is not None:
+        headers.append(("detector", detector.encode()))
+    if len(value) > DLQ_MAX_BYTES:
+        headers.append(("truncated_from", str(len(value)).encode()))
+        value = value[:DLQ_MAX_BYTES]
+    return config.topics.dead_letter, key, value, None, headers
+
+
+class Runner:
+    """The worker's stages (one per assigned work or link partition), their one CPU thread, snapshots."""
 
     def __init__(self, config: Config, worker_id: str, app: faust.App) -> None:
-        self.config = config
-        self.worker_id = worker_id
-        self.app = app
-        self.store = SnapshotStore(config, worker_id, app)
-        self.pipeline = Pipeline.from_config(config)
-        tune_gc()
-        self.done: dict[TP, int] = {}  # next offset not yet in the pipeline, per input partition
-        self.pending: list[EventT] = []  # consumed, in the pipeline, not yet in a snapshot: unacked
-        self.sent: list[Awaitable[Any]] = []  # deliveries (alerts, dead letters) of pending input
-        self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)
-        self.stream: StreamT | None = None
-        self.ready = asyncio.Event()
+        self.config, self.worker_id, self.app = config, worker_id, app
+        self.stages: dict[TP, Stage] = {}
+        self.streams: dict[str, StreamT] = {}
         self._lock = asyncio.Lock()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching it
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching state
+        tune_gc()
 
-    async def restore(self) -> None:
-        """Resume from the newest snapshot, or write a first one (it fixes where the
-        alerts topic stood, so a crash before the next snapshot still dedupes)."""
-        await self.store.start()
-        t0 = time.perf_counter()
-        snap = await self.store.load()
-        if snap is None:
-            alert_offsets = await self.store.alert_end_offsets()
-            state = await self._cpu(self.pipeline.snapshot)
-            await self.store.save(Snapshot(state, {}, alert_offsets, self._meta()))
-            log.info("no snapshot on %s: starting empty", self.store.topic)
-        else:
-            await self._cpu(self.pipeline.restore, snap.state)
-            self.done = {TP(t, p): o for (t, p), o in snap.offsets.items()}
-            self.seen = await self.store.alert_ids_since(snap.alert_offsets)
-            log.info(
-                "restored %s (%d bytes, %d partitions, %d alert ids already published) in %.2f s",
-                self.store.topic, len(snap.state), len(snap.offsets), len(self.seen), time.perf_counter() - t0,
-            )  # fmt: skip
-        self.ready.set()
-
-    async def handle(self, events: Sequence[EventT]) -> None:
-        """One batch of input messages (left unacked until a snapshot covers them)."""
-        async with self._lock:
-            todo = []
-            for ev in events:
-                self.pending.append(ev)
-                msg = ev.message
-                if msg.offset < self.done.get(msg.tp, 0):
-                    continue  # in the restored state already, or a re-delivery
-                self.done[msg.tp] = msg.offset + 1
-                todo.append((msg, ev.value or b""))
-            MESSAGES.inc(len(todo))
-            rejected, alerts = await self._cpu(self._detect, todo)
-            for msg, r in rejected:
-                await self._dead_letter(msg, r)
-            await self._publish(alerts)
-
-    def _detect(self, todo: list[tuple[Any, bytes]]) -> tuple[list[tuple[Any, Rejection]], list[Alert]]:
-        """Parse and detect (on the pipeline thread); rejects and late events with their message."""
-        rejected = []
+    # -- ingest ----------------------------------------------------------------------
+    async def ingest(self, events: Sequence[EventT]) -> None:
+        """Frame a batch of input messages per partition, send a copy to every detector, ack."""
+        by_tp: dict[TP, tuple[list[int], list[bytes | None], list[bytes]]] = {}
         max_bytes = self.config.events.max_event_bytes
-        pipeline, n = self.pipeline, 0
-        for msg, value in todo:
-            events = []
-            for item in parse_message(value, max_bytes):
-                if type(item) is Rejection:
-                    rejected.append((msg, item))
-                else:
-                    events.append(item)
-            n += len(events)
-            rejected += [(msg, pipeline.late_rejection(e)) for e in pipeline.add(events)]  # type: ignore[arg-type]
-        if not n:
-            return rejected, []
-        EVENTS.inc(n)
-        WATERMARK.set(pipeline.newest)
-        return rejected, pipeline.advance(pipeline.newest)
+        futures: list[Awaitable[Any]] = []
+        MESSAGES.inc(len(events))
+        for ev in events:
+            msg, value = ev.message, ev.value or b""
+            if len(value) > max_bytes:  # never framed: the work topic's messages stay bounded
+                (r,) = parse_message(value, max_bytes)
+                futures.append(await self._send(dead_letter(self.config, (msg.topic, msg.partition), msg.offset, msg.key, None, r)))  # type: ignore[arg-type]
+                continue
+            offsets, keys, values = by_tp.setdefault(msg.tp, ([], [], []))
+            offsets.append(msg.offset)
+            keys.append(msg.key)
+            values.append(value)
+        topic, parts = work_topic(self.config), len(detector_names(self.config))
+        for tp, (offsets, keys, values) in by_tp.items():
+            headers = [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
+            for lo, hi in _chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], CHUNK_BYTES):
+                frame = pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                for u in range(parts):
+                    futures.append(await self._send((topic, None, frame, u, headers)))
+            LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
+        await asyncio.gather(*futures)
+        stream = self.streams["ingest"]
+        for ev in events:
+            await stream.ack(ev)
+
+    # -- detect and link -------------------------------------------------------------
+    async def handle(self, kind: str, events: Sequence[EventT]) -> None:
+        """A batch of work or link messages: each to the stage of its partition, in order."""
+        async with self._lock:
+            todo: list[tuple[Stage, Any, bytes]] = []
+            expect: dict[TP, int] = {}
+            for ev in events:
+                msg = ev.message
+                stage = self.stages.get(msg.tp) or await self._start(kind, msg.tp)
+                if stage is None:
+                    continue  # the partition was revoked while the message waited
+                nxt = expect.get(msg.tp, stage.next_offset)
+                if stage.fresh:  # no snapshot, nothing taken yet: the log starts here
+                    nxt, stage.fresh = msg.offset, False
+                if msg.offset > nxt:
+                    # fetched before a rebalance gave the partition back to this worker: Faust
+                    # re-reads from the committed offset, so it comes again, in order
+                    OUT_OF_ORDER.inc()
+                    continue
+                stage.pending.append(ev)
+                if msg.offset == nxt:  # else: in the restored state already
+                    todo.append((stage, msg, ev.value or b""))
+                    expect[msg.tp] = nxt + 1
+            outs = await self._cpu(lambda: [(st, st.handle(m, v)) for st, m, v in todo])
+            for stage, out in outs:
+                for send in out.sends:
+                    stage.sent.append(await self._send(send))
+                for a in out.alerts:
+                    if isinstance(stage, LinkStage) and a.alert_id in stage.seen:
+                        SUPPRESSED.inc()
+                        continue
+                    ALERTS.labels(a.type).inc()
+                    stage.sent.append(
+                        await self._send((self.config.topics.alerts, a.group_id.encode(), a.to_json(), None, None))
+                    )
+
+    async def _start(self, kind: str, tp: TP) -> Stage | None:
+        """The stage of a newly assigned partition, from its newest snapshot (or a first one)."""
+        if tp not in self.app.consumer.assignment():
+            return None
+        stage: Stage = DetectStage(self.config, tp, self.app) if kind == "detect" else LinkStage(self.config, tp, self.app)
+        t0 = time.perf_counter()
+        await stage.store.start()
+        snap = await stage.store.load()
+        if snap is None:
+            alert_offsets = await stage.store.alert_end_offsets() if stage.alert_offsets_needed() else {}
+            await stage.store.save(Snapshot(await self._cpu(stage.state), {}, alert_offsets, self._meta(stage)))
+            stage.fresh = True
+            log.info("%s: no snapshot on %s, starting empty", stage.name, stage.store.topic)
+        else:
+            await self._cpu(stage.load, snap.state)
+            stage.offsets = dict(snap.offsets)
+            log.info("%s: restored %s (%d bytes) in %.2f s", stage.name, stage.store.topic, len(snap.state),
+                     time.perf_counter() - t0)  # fmt: skip
+        await stage.restored(snap)
+        self.stages[tp] = stage
+        return stage
+
+    async def revoked(self, tps: set[TP]) -> None:
+        """Drop the stages of revoked partitions: their new owner resumes from the last snapshot."""
+        async with self._lock:
+            for tp in tps:
+                stage = self.stages.pop(tp, None)
+                if stage is not None:
+                    log.info("%s: partition %s revoked, state dropped", stage.name, tp)
+                    await stage.store.stop()
+
+    async def checkpoint(self) -> None:
+        """Snapshot each stage with new input, then ack the input it covers (Faust commits it)."""
+        for tp in list(self.stages):
+            try:
+                await self._checkpoint(tp)
+            except KafkaError as exc:  # the broker is away: keep the input unacked, try next time
+                log.warning("snapshot skipped, broker not answering: %r", exc)
+                return
+
+    async def _checkpoint(self, tp: TP) -> None:
+        t0 = time.perf_counter()
+        async with self._lock:
+            stage = self.stages.get(tp)
+            if stage is None or not stage.pending:
+                return
+            # before capturing: alerts of later input land after these offsets
+            alert_offsets = await stage.store.alert_end_offsets() if stage.alert_offsets_needed() else {}
+            covered, stage.pending = stage.pending, []
+            sent, stage.sent = stage.sent, []
+            snap = Snapshot(await self._cpu(stage.state), dict(stage.offsets), alert_offsets, self._meta(stage))
+            await asyncio.gather(*sent)  # what the covered input caused is stored first (or this raises)
+            size = await stage.store.save(snap)  # under the lock: never after the partition is revoked
+        stream = self.streams["link" if isinstance(stage, LinkStage) else "detect"]
+        for ev in covered:
+            await stream.ack(ev)
+        STATE_BYTES.labels(stage.name).set(size)
+        SNAPSHOT_SECONDS.labels(stage.name).set(time.perf_counter() - t0)
+        LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - stage.next_offset, 0))
+
+    async def stop(self) -> None:
+        for stage in self.stages.values():
+            await stage.store.stop()
+
+    async def _send(self, send: tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]) -> Awaitable[Any]:
+        topic, key, value, partition, headers = send
+        return await self.app.producer.send(topic, key, value, partition, None, headers)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run pipeline work on its one thread, so Faust's fetcher keeps reading ahead (up
+        """Run stage work on its one thread, so Faust's fetcher keeps reading ahead (up
         to ``stream_buffer_maxsize`` messages) while it runs. On the event loop it starves:
         records aiokafka holds longer than its ``prefetch_backoff`` (0.1 s) let it send the
         next fetch for the other partition of the node, Faust's empty
@@ -311,71 +620,24 @@ class Ingest:
         loop 26 k, on the loop with fetch_max_wait_ms=20 73 k (``coordwatch bench stream``)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def _dead_letter(self, msg: Any, r: Rejection) -> None:
-        REJECTED.labels(r.reason).inc()
-        value = r.raw
-        headers = [
-            ("source_topic", msg.topic.encode()),
-            ("source_partition", str(msg.partition).encode()),
-            ("source_offset", str(msg.offset).encode()),
-            ("reason", r.reason.encode()),
-            ("detail", r.detail.encode()),
-        ]
-        if r.index is not None:
-            headers.append(("index", str(r.index).encode()))
-        if len(value) > DLQ_MAX_BYTES:
-            headers.append(("truncated_from", str(len(value)).encode()))
-            value = value[:DLQ_MAX_BYTES]
-        self.sent.append(
-            await self.app.producer.send(self.config.topics.dead_letter, msg.key, value, None, None, headers)
-        )
-
-    async def _publish(self, alerts: list[Alert]) -> None:
-        for a in alerts:
-            if a.alert_id in self.seen:
-                SUPPRESSED.inc()
-                continue
-            ALERTS.labels(a.type).inc()
-            self.sent.append(
-                await self.app.producer.send(
-                    self.config.topics.alerts, a.group_id.encode(), a.to_json(), None, None, None
-                )
-            )
-
-    async def checkpoint(self) -> None:
-        """Snapshot state + offsets, then ack the input it covers (Faust commits it)."""
-        if not self.ready.is_set() or self.stream is None:
-            return
-        t0 = time.perf_counter()
-        try:  # before capturing: alerts of later input land after these offsets
-            alert_offsets = await self.store.alert_end_offsets()
-        except KafkaError as exc:  # the broker is away: keep the input unacked, try next time
-            log.warning("snapshot skipped, broker not answering: %r", exc)
-            return
-        async with self._lock:
-            if not self.pending:
-                return
-            covered, self.pending = self.pending, []
-            sent, self.sent = self.sent, []
-            state = await self._cpu(self.pipeline.snapshot)
-            snap = Snapshot(
-                state, {(tp.topic, tp.partition): o for tp, o in self.done.items()}, alert_offsets, self._meta()
-            )
-        await asyncio.gather(*sent)  # the covered input's alerts are stored first (or this raises)
-        size = await self.store.save(snap)
-        for ev in covered:
-            await self.stream.ack(ev)
-        STATE_BYTES.set(size)
-        SNAPSHOT_SECONDS.set(time.perf_counter() - t0)
-        for tp, nxt in self.done.items():
-            LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - nxt, 0))
-
-    def _meta(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "written": time.time(), "stats": self.pipeline.stats}
+    def _meta(self, stage: Stage) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "stage": stage.name, "written": time.time(), "stats": stage.stats}
 
 
-def create_app(config: Config, worker_id: str) -> tuple[faust.App, Ingest]:
-    """The Faust app for one worker (its agent, snapshot timer and settings)."""
+def _chunks(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Cut a run of values into consecutive (lo, hi) slices of at most ``limit`` bytes (a larger value alone)."""
+    out, lo, total = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > lo and total + n > limit:
+            out.append((lo, i))
+            lo, total = i, 0
+        total += n
+    out.append((lo, len(sizes)))
+    return out
+
+
+def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
+    """The Faust app for one worker (its three agents, snapshot timer and settings)."""
     k = config.kafka
     app = faust.App(
         k.app_id,
@@ -393,37 +655,52 @@ def create_app(config: Config, worker_id: str) -> tuple[faust.App, Ingest]:
         stream_wait_empty=False,  # input stays unacked until the next snapshot: never wait for it
         topic_partitions=config.topics.partitions,
         topic_replication_factor=config.topics.replication_factor,
-        producer_max_request_size=2 * CHUNK_BYTES,
+        producer_max_request_size=max(2 * CHUNK_BYTES, config.events.max_event_bytes + 64 * 1024),
         producer_linger=0.005,
     )
-    ingest = Ingest(config, worker_id, app)
-    source = app.topic(*config.topics.events, key_serializer="raw", value_serializer="raw")
+    runner = Runner(config, worker_id, app)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(*config.topics.events, **raw)
+    work = app.topic(work_topic(config), partitions=len(detector_names(config)), internal=True, **raw)
+    link = app.topic(link_topic(config), partitions=1, internal=True, **raw)
 
-    @app.agent(source, name="coordwatch.ingest")
-    async def ingest_agent(stream: StreamT) -> None:
-        try:
-            ingest.stream = stream
-            await ingest.restore()
-            first = True
-            async for events in stream.noack_take(k.batch_messages, within=k.batch_within_s):
-                if first:
-                    log.info("first input consumed %.2f s after process start", started_ago())
-                    first = False
-                await ingest.handle(events)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            fatal(exc)
+    def agent(kind: str, handle: Callable[[Sequence[EventT]], Awaitable[None]]) -> Callable[[StreamT], Awaitable[None]]:
+        async def run(stream: StreamT) -> None:
+            try:
+                runner.streams[kind] = stream
+                first = True
+                async for events in stream.noack_take(k.batch_messages, within=k.batch_within_s):
+                    if first:
+                        log.info("%s: first input consumed %.2f s after process start", kind, started_ago())
+                        first = False
+                    await handle(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                fatal(exc)
+
+        return run
+
+    app.agent(source, name="coordwatch.ingest")(agent("ingest", runner.ingest))
+    app.agent(work, name="coordwatch.detect")(agent("detect", functools.partial(runner.handle, "detect")))
+    app.agent(link, name="coordwatch.link")(agent("link", functools.partial(runner.handle, "link")))
 
     @app.timer(interval=k.snapshot_interval_s)
     async def snapshot_timer() -> None:
         try:
-            await ingest.checkpoint()
+            await runner.checkpoint()
+        except Exception as exc:
+            fatal(exc)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: faust.App, revoked: set[TP], **_: Any) -> None:
+        try:
+            await runner.revoked(revoked)
         except Exception as exc:
             fatal(exc)
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **_: Any) -> None:
-        await ingest.store.stop()
+        await runner.stop()
 
-    return app, ingest
+    return app, runner

@@ -146,6 +146,19 @@ def ensure_topics(
         admin.close()
 
 
+def partition_counts(config: Config, names: list[str]) -> dict[str, int]:
+    """Topic name -> number of partitions, as the broker reports them."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(client_id="coordwatch-admin", **kafka_python_settings(config.kafka))
+    try:
+        # kafka-python 3 names the topic "name", 2.x "topic"
+        return {t.get("name") or t["topic"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+    finally:
+        admin.close()
+
+
+
 # -- the embedded broker ---------------------------------------------------------------
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the OS's choice)."""

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, NoReturn
 
-from sketches.errors import CoordwatchError
-from streams.broker import describe, ensure_topics
+from sketches.errors import ConfigError, CoordwatchError
+from streams.broker import describe, ensure_topics, partition_counts
 from streams.config import Config
 
 log = logging.getLogger("streams.worker")
@@ -90,7 +90,7 @@ def fetch_metrics(host: str, port: int, timeout_s: float = 2.0) -> dict[str, flo
 
 def run(config: Config, worker_id: str | None = None, loglevel: str = "info") -> NoReturn:
     """Run one worker until SIGTERM/SIGINT (or an error: exit 70)."""
-    from streams.app import create_app, snapshot_topic, worker_dir
+    from streams.app import create_app, internal_topics, work_topic, worker_dir
 
     worker_id = worker_id or default_worker_id()
     if not _ID_RE.match(worker_id):
@@ -100,9 +100,7 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
     lock = lock_dir(folder)
     t = config.topics
     ensure_topics(config, [*t.events, t.alerts, t.dead_letter])
-    # only the newest snapshot is ever read: a real cluster may drop old ones (Tansu keeps all)
-    keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
-    ensure_topics(config, [snapshot_topic(config, worker_id)], partitions=1, configs={"retention.ms": keep_ms})
+    check_internal_topics(config, internal_topics(config), work_topic(config))
     port = serve_metrics(config, folder)
     log.info(
         "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
@@ -116,6 +114,22 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
         worker.execute_from_commandline()
     finally:
         lock.close()
+
+
+def check_internal_topics(config: Config, topics: dict[str, int], work: str) -> None:
+    """Create the work, link and snapshot topics; the work topic must have one partition per
+    enabled detector (only the newest snapshot is ever read: a real cluster may drop old
+    ones, Tansu keeps all)."""
+    keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
+    for name, parts in topics.items():
+        ensure_topics(config, [name], partitions=parts, configs={"retention.ms": keep_ms} if ".snapshots." in name else None)
+    found = partition_counts(config, [work])[work]
+    if found != topics[work]:
+        raise ConfigError(
+            f"kafka.app_id = {config.kafka.app_id!r}: its work topic {work} has {found} partitions, but this "
+            f"config runs {topics[work]} detectors (one partition each): state of another detector set; "
+            "use a new kafka.app_id"
+        )
 
 
 def started_ago() -> float:
