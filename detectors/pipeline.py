@@ -145,6 +145,8 @@ class Detection:
         """Event time reached ``watermark``: handle the ticks it closes (unlinked alerts;
         :attr:`closed` tells up to where). ``advance(math.inf)`` closes everything."""
         step = self.tick_s
+        if watermark == -math.inf:  # no event yet
+            return []
         upto = math.inf if watermark == math.inf else math.floor((watermark - self.lateness) / step) - 1
         if upto <= self._closed:
             return []

@@ -120,9 +120,12 @@ def check_internal_topics(config: Config, topics: dict[str, int], work: str) -> 
     """Create the work, link and snapshot topics; the work topic must have one partition per
     enabled detector (only the newest snapshot is ever read: a real cluster may drop old
     ones, Tansu keeps all)."""
+    from streams.app import max_message_bytes
+
     keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
     for name, parts in topics.items():
-        ensure_topics(config, [name], partitions=parts, configs={"retention.ms": keep_ms} if ".snapshots." in name else None)
+        configs = {"retention.ms": keep_ms} if ".snapshots." in name else {"max.message.bytes": str(max_message_bytes(config))}
+        ensure_topics(config, [name], partitions=parts, configs=configs)
     found = partition_counts(config, [work])[work]
     if found != topics[work]:
         raise ConfigError(

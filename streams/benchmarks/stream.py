@@ -22,18 +22,17 @@ events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) p
   offsets unchanged for ``QUIET_S``; the end is the last change). Best of a few.
   ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
 
-``--workers N`` (N > 1) adds N workers in one group against ONE worker by the same
-protocol. This version runs one pipeline per worker over what it consumes
-(repartitioning is not in yet), so the input is N copies of one stream of 1/N of the
-events (the first N-th of the 1-worker stream), one per partition: each worker gets one
-partition, a time-ordered stream, and exactly the work the lone worker does with one copy
-(their alerts are alike too: a throughput measure, not a detection one). The workers join their group on an EMPTY
-topic; once each has consumed a marker on its partition (``[]``, a rejection) the
-assignment is settled, they are paused (SIGSTOP), the streams are produced, they are
-resumed (SIGCONT), and the clock starts at the first new input -- so no rebalance falls
-inside the timed span and nothing is processed twice. ``two_vs_one`` would be N if
-nothing serialised the workers and the cores were free; ``two_vs_one_per_core`` (events
-per CPU second of the workers, N against 1) would be 1 whatever else the machine runs.
+``--workers N`` (N > 1) runs N workers in one group against ONE worker by the same
+protocol, on one stream of the same events on one input partition: the workers share the
+detector stages (see ``streams.app``: a work partition per detector and one link partition),
+so the N-worker run does the same work as the lone one, spread. The workers join their group
+on an EMPTY topic; once a marker (``[]``, a rejection) has reached every detector stage (each
+has written a snapshot) the assignment is settled, they are paused (SIGSTOP), the stream is
+produced, they are resumed (SIGCONT), and the clock starts at the first new input -- so no
+rebalance falls inside the timed span and nothing is processed twice. ``two_vs_one`` is
+bounded by the largest stage's share of the work (the detectors are the unit of
+parallelism); ``two_vs_one_per_core`` (events per CPU second of the workers, N against 1)
+would be 1 if spreading the stages cost nothing, whatever else the machine runs.
 
 CPU (psutil) of the broker, every worker, this process and everything else on the
 machine is reported over each timed span: on a shared 2-core machine "other processes"
@@ -344,6 +343,10 @@ class Bench:
         self.broker = EmbeddedBroker(0, log_file=tmp / "tansu.log")
         self.workers: list[Worker] = []
         self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
+        from detectors.pipeline import enabled_detectors
+        from streams.config import Config
+
+        self.detectors = len(enabled_detectors(Config()))  # the workers run the default config
 
     @property
     def servers(self) -> str:
@@ -466,23 +469,22 @@ class Bench:
         finally:
             self.stop_workers()
 
-    async def run_many(self, topic: str, by_partition: list[list[bytes]], events: int, run: str,
+    async def run_many(self, topic: str, envs: list[bytes], events: int, n: int, run: str,
                        timeout_s: float) -> tuple[StreamRun, float]:
-        """N workers, one partition each: join on an empty topic, pause, produce, resume."""
-        n = len(by_partition)
-        marker = [[b"[]"] for _ in range(n)]  # an empty envelope: a rejection per partition
+        """N workers on one stream: join on an empty topic, pause, produce, resume."""
         workers, alerts = self.start_workers(topic, n, run)
         try:
             t_spawn = min(w.spawned for w in workers)
-            await produce(self.servers, topic, marker)
-            while True:  # every worker consumed its partition's marker: assignment is settled
+            await produce(self.servers, topic, [[b"[]"]])  # an empty envelope: a rejection
+            while True:  # the marker reached every detector stage: the assignment is settled
                 ms = [w.metrics() or {} for w in workers]
-                if all(m.get("coordwatch_messages_total", 0) >= 1 for m in ms):
+                held = [k for m in ms for k in m if k.startswith("coordwatch_pipeline_state_bytes{stage=detect-")]
+                if len(held) >= self.detectors and all(m.get("coordwatch_messages_total", -1) >= 0 for m in ms):
                     break
                 for w in workers:
                     w.check()
                 if time.monotonic() - t_spawn > 120:
-                    raise RuntimeError("workers did not each get a partition within 120 s: "
+                    raise RuntimeError("the detector stages did not all start within 120 s: "
                                        + "; ".join(w.log_text()[-1500:] for w in workers))
                 await asyncio.sleep(0.05)
             startup = time.monotonic() - t_spawn
@@ -491,12 +493,12 @@ class Bench:
             for w in workers:
                 w.proc.send_signal(signal.SIGSTOP)
             try:
-                produced_s = await produce(self.servers, topic, by_partition)
+                produced_s = await produce(self.servers, topic, [envs])
             finally:
                 for w in workers:
                     w.proc.send_signal(signal.SIGCONT)
             resumed = time.monotonic()
-            # the clock starts when the first worker has new input: a worker idle on an empty
+            # the clock starts when the input is taken in again: a worker idle on an empty
             # partition sits in a fetch long-poll (Faust: fetch_max_wait_ms=1500) that Tansu
             # answers only at its end, not when data arrives
             while sum((w.metrics() or {}).get("coordwatch_messages_total", 0) for w in workers) <= base_msgs:
@@ -512,6 +514,10 @@ class Bench:
             out = await self.watch(workers, alerts, events + base, t0, Cpu(procs), timeout_s)  # type: ignore[arg-type]
             out.events -= int(base)
             out.startup_s = startup
+            out.detail = "stages: " + "; ".join(
+                f"{w.worker_id} " + ",".join(sorted(k.split("=", 1)[1][:-1] for k in (w.metrics() or {})
+                                                   if k.startswith("coordwatch_pipeline_state_bytes{")))
+                for w in workers)  # fmt: skip
             return out, produced_s
         finally:
             self.stop_workers()
@@ -600,30 +606,27 @@ def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat
 
 async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,
                 say: Any) -> list[Row]:
-    """``workers`` workers on ``workers`` streams (one partition each) beside ONE worker on
-    the first of those streams, both by the same protocol (join on an empty topic, pause,
-    produce, resume): with free cores and nothing serialising them the ratio would be
-    ``workers``; per CPU second of the workers it would be 1 whatever the machine's load."""
-    part = stream_envelopes(n_events // workers)
-    parts = [part] * workers  # the same stream on every partition: every worker does the lone one's work
-    per = [envelope_events(part)] * workers
+    """``workers`` workers in one group beside ONE worker, on the same stream (one input
+    partition), both by the same protocol (join on an empty topic, pause, produce, resume)."""
+    envs = stream_envelopes(n_events)
+    events = envelope_events(envs)
     results: dict[int, list[StreamRun]] = {1: [], workers: []}
     for i in range(runs):
         for n in (1, workers):  # interleaved, so a change in the machine's load hits both
             topic = f"{b.tag}.events-{n}w-{i}"
-            await create_topic(b.servers, topic, n)
-            r, p_s = await b.run_many(topic, parts[:n], sum(per[:n]), f"many{n}-{i}", timeout_s)
+            await create_topic(b.servers, topic, 1)
+            r, p_s = await b.run_many(topic, envs, events, n, f"many{n}-{i}", timeout_s)
             results[n].append(r)
-            say(f"{n} worker(s) on {n} stream(s), run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s "
+            say(f"{n} worker(s), run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s "
                 f"from the first new input, {b.resume_lag_s:.2f} s after resuming; produced while paused in "
-                f"{p_s:.2f} s), join {r.startup_s:.2f} s, {r.alerts} alerts, "
+                f"{p_s:.2f} s), join {r.startup_s:.2f} s, {r.alerts} alerts, {r.detail}, "
                 "cores " + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.items()))
     lone = max(results[1], key=lambda r: r.events_per_s)
     many = max(results[workers], key=lambda r: r.events_per_s)
     rows = [
-        Row(f"end to end, {workers} workers in one group ({workers} copies of a {per[0]}-event stream, a partition each)",
+        Row(f"end to end, {workers} workers in one group (one {events}-event stream, the detector stages shared)",
             many.events_per_s, "events/s", key=f"stream{workers}_events_per_s"),
-        Row("  1 worker on one copy (same protocol)", lone.events_per_s, "events/s",
+        Row("  1 worker on the same stream (same protocol)", lone.events_per_s, "events/s",
             key="stream1_events_per_s"),
         Row(f"  {workers} workers beside 1", many.events_per_s, "events/s", "1 worker, same protocol (same run)",
             lone.events_per_s, key="two_vs_one" if workers == 2 else f"w{workers}_vs_one", figure="ratio"),
@@ -633,7 +636,7 @@ async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: flo
             figure="ratio"),
         Row(f"  {workers} workers beside the raw consume rate", many.events_per_s, "events/s",
             "raw aiokafka consume (same run)", raw_eps, key=f"stream{workers}_vs_raw", figure="ratio"),
-        Row(f"  {workers} workers: group join (spawn -> every worker owns a partition)", many.startup_s,
+        Row(f"  {workers} workers: group join (spawn -> every detector stage started)", many.startup_s,
             "s (lower is better)"),
     ]
     for name, cores in many.cpu.items():

@@ -112,6 +112,13 @@ def test_arrival_order_within_the_lateness_bound_does_not_matter() -> None:
     assert pipe.late == []
 
 
+def test_advancing_before_any_event_closes_nothing() -> None:
+    pipe = Pipeline.from_config(Config())
+    assert pipe.process([]) == [] and pipe.advance(pipe.newest) == []
+    assert pipe.detection.closed == -math.inf
+    assert tuple(run(pipe, stream(), 4000)) == straight()
+
+
 def test_events_later_than_the_lateness_bound_are_kept_aside_not_processed() -> None:
     evs = stream()[:20_000]
     pipe = Pipeline.from_config(Config())

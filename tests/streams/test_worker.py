@@ -304,3 +304,44 @@ def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_pat
     assert len(got) == len(set(got))
     assert summarise(got) == expected
     assert w.proc.poll() is None
+
+
+def stages(w: Worker) -> set[str]:
+    """The stages a worker holds and has snapshotted (a revoked one stops reporting)."""
+    prefix = "coordwatch_pipeline_state_bytes{stage="
+    return {k[len(prefix) : -1] for k in w.metrics() if k.startswith(prefix)}
+
+
+def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream_file, expected):
+    s = Setup(broker, tmp_path, procs)
+    w1, w2 = s.start_worker("w1"), s.start_worker("w2")
+    s.cli("produce", str(stream_file))
+    w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the alerts")
+    time.sleep(2)  # anything published twice would be out by now
+    got = s.alert_values()
+    held = [stages(w1), stages(w2)]
+    print(f"stages: w1 {sorted(held[0])}, w2 {sorted(held[1])}")
+    assert all(held), "one worker held no stage: the work was not shared"
+    assert len(got) == len(set(got)), "an alert id was published twice"
+    assert summarise(got) == expected
+
+
+def test_a_second_worker_joining_mid_stream_changes_no_alert(broker, tmp_path, procs, stream_file, expected):
+    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    messages, _ = counts(stream_file)
+    w1 = s.start_worker("w1")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
+        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    procs.append(producer)
+    w1.wait_for(lambda: w1.metric("coordwatch_messages_total") >= messages * 0.4, 60, "40% of the stream")
+    w2 = s.start_worker("w2")
+    assert producer.wait(60) == 0
+    w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the rest of the alerts")
+    time.sleep(2)
+    got = s.alert_values()
+    assert stages(w2), "the joining worker took no stage over"
+    assert "restored" in w2.log_text(), "the joining worker should resume a stage from its snapshot"
+    assert len(got) == len(set(got)), "an alert id was published twice"
+    assert summarise(got) == expected
