@@ -90,7 +90,8 @@ def fetch_metrics(host: str, port: int, timeout_s: float = 2.0) -> dict[str, flo
 
 def run(config: Config, worker_id: str | None = None, loglevel: str = "info") -> NoReturn:
     """Run one worker until SIGTERM/SIGINT (or an error: exit 70)."""
-    from streams.app import create_app, internal_topics, work_topic, worker_dir
+    from streams.app import create_app, worker_dir
+    from streams.stages import internal_topics, work_topic
 
     worker_id = worker_id or default_worker_id()
     if not _ID_RE.match(worker_id):
@@ -120,7 +121,7 @@ def check_internal_topics(config: Config, topics: dict[str, int], work: str) -> 
     """Create the work, link and snapshot topics; the work topic must have one partition per
     enabled detector (only the newest snapshot is ever read: a real cluster may drop old
     ones, Tansu keeps all)."""
-    from streams.app import max_message_bytes
+    from streams.stages import max_message_bytes
 
     keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
     for name, parts in topics.items():

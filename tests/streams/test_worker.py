@@ -345,3 +345,26 @@ def test_a_second_worker_joining_mid_stream_changes_no_alert(broker, tmp_path, p
     assert "restored" in w2.log_text(), "the joining worker should resume a stage from its snapshot"
     assert len(got) == len(set(got)), "an alert id was published twice"
     assert summarise(got) == expected
+
+
+def test_sigkill_one_of_two_workers_the_other_takes_its_stages_over(broker, tmp_path, procs, stream_file, expected):
+    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    messages, _ = counts(stream_file)
+    w1, w2 = s.start_worker("w1"), s.start_worker("w2")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
+        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    procs.append(producer)
+    w1.wait_for(lambda: w1.metric("coordwatch_messages_total") + w2.metric("coordwatch_messages_total")
+                >= messages * 0.4, 60, "40% of the stream")  # fmt: skip
+    lost = stages(w2)
+    assert lost, "the worker to kill held no stage"
+    w2.kill()
+    assert producer.wait(60) == 0
+    w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the rest of the alerts")
+    time.sleep(2)
+    got = s.alert_values()
+    assert lost <= stages(w1), f"w1 holds {sorted(stages(w1))}, not all of w2's {sorted(lost)}"
+    assert len(got) == len(set(got)), "an alert id was published twice"
+    assert summarise(got) == expected

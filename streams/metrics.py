@@ -1,0 +1,16 @@
+"""The worker's Prometheus metrics (served by :func:`streams.worker.serve_metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS = Counter("coordwatch_events", "valid events handed to the detectors (counted once, by the first detector's stage)")
+MESSAGES = Counter("coordwatch_messages", "input messages ingested (after a crash, re-read ones count again)")
+REJECTED = Counter("coordwatch_rejected", "rejected input sent to the dead-letter topic", ["reason"])
+ALERTS = Counter("coordwatch_alerts", "alerts published", ["type"])
+SUPPRESSED = Counter("coordwatch_alerts_suppressed", "alerts not re-published after a restart (already on the topic)")
+OUT_OF_ORDER = Counter("coordwatch_out_of_order", "stage input skipped ahead of its next offset (re-read in order)")
+LAG = Gauge("coordwatch_lag", "messages behind the partition end", ["topic", "partition"])
+STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot, per stage", ["stage"])
+SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot took, per stage", ["stage"])
+WATERMARK = Gauge("coordwatch_event_time", "newest event time seen (unix seconds)")
