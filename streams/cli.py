@@ -229,7 +229,7 @@ def broker_cmd(loaded: cfg.Loaded, port: int | None) -> None:
 
 @cli.command("worker")
 @config_options
-@click.option("--worker-id", help="Stable name of this worker's state (default: the host name).")
+@click.option("--worker-id", help="Names this worker's data directory and metrics port file (default: the host name); unique per live worker on a host.")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def worker_cmd(loaded: cfg.Loaded, worker_id: str | None, loglevel: str) -> None:

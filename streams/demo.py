@@ -23,9 +23,10 @@ interval, the lag between them (events sent but not yet through the detectors), 
 so far, the event time reached and, for a broker started here, its resident memory.
 
 Memory. The embedded broker keeps every message in RAM (no retention). Measured here
-(Tansu 0.6): ~155 MB per million generator events in 100-event envelopes (input alone:
-0.69 M events -> +108 MB, 3.46 M -> +535 MB), and one pipeline snapshot per
-``kafka.snapshot_interval_s``, each the whole pipeline state: 30 MB after 2 h of event
+(Tansu 0.6): ~155 MB per million generator events in 100-event envelopes for the input
+alone (0.69 M events -> +108 MB, 3.46 M -> +535 MB), ~615 MB with the work topic's copy per
+detector (0.69 M events: input +103 MB, after a worker took them in +424 MB), and one set of
+stage snapshots per ``kafka.snapshot_interval_s``, together the whole detection state: 30 MB after 2 h of event
 time at the generator's density, 52 MB at 14:00, and the longest windows are 6 h. With
 the worker's default 30 s interval a 10-minute default run ended at 993 MB, 85 % of it
 snapshots; so the demo's worker snapshots only about :data:`SNAPSHOTS_PER_RUN` times a
@@ -79,17 +80,18 @@ from streams.worker import fetch_metrics
 
 #: events/s sent and minutes run by default: the generator's default day (24 h of event
 #: time, 691 k events, its 20 campaigns) in 9.6 minutes, about one alert a second, which
-#: a person can still read; the broker ends near 450 MB of its budget (see the docstring)
+#: a person can still read; the broker ends near 900 MB of its budget (see the docstring)
 DEFAULT_RATE = 1200.0
 DEFAULT_MINUTES = 10.0
 #: the embedded broker's memory a run may use
 BROKER_BUDGET_MB = 1536.0
 #: measured (see the module docstring): the idle broker with the demo's topics, growth
-#: per million input events (100-event envelopes), and per worker snapshot (the pipeline
+#: per million input events (100-event envelopes, with the work topic's copy per detector),
+#: and per set of stage snapshots (the detection
 #: state at the generator's density: 30 MB after 2 h of event time, 52 MB at 14:00, at
 #: most ~60 MB: the longest windows are 6 h)
 BROKER_BASE_MB = 40.0
-BROKER_MB_PER_M_EVENTS = 160.0
+BROKER_MB_PER_M_EVENTS = 620.0
 BROKER_MB_PER_SNAPSHOT = 60.0
 #: unless kafka.snapshot_interval_s is configured, the demo's worker snapshots about
 #: SNAPSHOTS_PER_RUN times a run, every 2 to 10 minutes (the default 30 s would store

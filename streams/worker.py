@@ -1,15 +1,16 @@
-"""One worker process: lock its state directory, create topics, serve metrics, run Faust.
+"""One worker process: lock its data directory, create topics, serve metrics, run Faust.
 
-The worker id names the worker's state (``<data_dir>/<worker_id>/`` and the snapshot
-topic), so it must be stable across restarts and unique among live workers: a lock
-file stops a second process with the same id on this host. Metrics are served by
-prometheus-client on ``kafka.web_host:kafka.web_port`` (port 0 = any free port; the
-chosen one is logged and written to ``<data_dir>/<worker_id>/metrics.port``). Faust's
-own web server is off: it would bind 0.0.0.0:6066 and collide between workers.
+The worker id names the worker's directory (``<data_dir>/<worker_id>/``: Faust's data and
+the metrics port file), so it must be unique among live workers on a host: a lock file stops
+a second process with the same id. Detection state belongs to partitions, not to workers
+(``streams.app``): any worker can resume any stage. Metrics are served by prometheus-client
+on ``kafka.web_host:kafka.web_port`` (port 0 = any free port; the chosen one is logged and
+written to ``<data_dir>/<worker_id>/metrics.port``). Faust's own web server is off: it would
+bind 0.0.0.0:6066 and collide between workers.
 
-Any error in the agent or the snapshot timer ends the process (exit 70) rather than
-letting Faust restart the agent over half-updated state: the restarted worker resumes
-from its last snapshot.
+Any error in an agent or the snapshot timer ends the process (exit 70) rather than letting
+Faust restart the agent over half-updated state: the restarted worker resumes from the
+stages' last snapshots.
 """
 
 from __future__ import annotations

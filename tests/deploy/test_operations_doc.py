@@ -39,7 +39,7 @@ def test_metrics_it_lists_are_served_by_the_worker() -> None:
 
 def test_version_constants_it_names_exist_where_it_says() -> None:
     for path, name in [
-        ("streams/app.py", "SNAPSHOT_VERSION"),
+        ("streams/snapshots.py", "SNAPSHOT_VERSION"),
         ("detectors/pipeline.py", "STATE_VERSION"),
         ("detectors/co_action.py", "STATE_VERSION"),
         ("detectors/near_duplicate.py", "STATE_VERSION"),
