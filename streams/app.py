@@ -73,6 +73,7 @@ from streams.stages import (
     DetectStage,
     LinkStage,
     ParseCache,
+    Send,
     Stage,
     chunks,
     dead_letter,
@@ -240,7 +241,7 @@ class Runner:
         for stage in self.stages.values():
             await stage.store.stop()
 
-    async def _send(self, send: tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]) -> Awaitable[Any]:
+    async def _send(self, send: Send) -> Awaitable[Any]:
         topic, key, value, partition, headers = send
         return await self.app.producer.send(topic, key, value, partition, None, headers)
 

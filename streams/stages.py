@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,15 +99,19 @@ def _header(msg: Any, name: str) -> bytes:
     return dict(msg.headers or ()).get(name, b"")
 
 
+#: a message to produce: (topic, key, value, partition or None, headers or None)
+Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
+
+
 @dataclass
 class Out:
-    """What handling input produced, to send from the event loop: (topic, key, value, partition, headers)."""
+    """What handling input produced, for the event loop to send (alerts: to publish)."""
 
-    sends: list[tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
 
 
-class Stage:
+class Stage(ABC):
     """One partition's state (a detector, or the linking), snapshotted to its own topic."""
 
     def __init__(self, config: Config, name: str, tp: TP, app: faust.App) -> None:
@@ -126,14 +131,17 @@ class Stage:
         self.offsets[(self.tp.topic, self.tp.partition)] = msg.offset + 1
         return self._handle(msg, value)
 
+    @abstractmethod
     def _handle(self, msg: Any, value: bytes) -> Out:
-        raise NotImplementedError
+        """:meth:`handle` once the stage's own offset has moved."""
 
+    @abstractmethod
     def state(self) -> bytes:
-        raise NotImplementedError
+        """All state but the offsets (which the snapshot holds beside it)."""
 
+    @abstractmethod
     def load(self, state: bytes) -> None:
-        raise NotImplementedError
+        """Inverse of :meth:`state` on a fresh stage."""
 
     async def restored(self, snap: Snapshot | None) -> None:
         """After :meth:`load` (or with nothing to load): anything more to fetch."""
@@ -272,7 +280,7 @@ class LinkStage(Stage):
 
 def dead_letter(
     config: Config, src: tuple[str, int], offset: int | None, key: bytes | None, detector: str | None, r: Rejection
-) -> tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]]]:
+) -> Send:
     """A rejection as a dead-letter send (the rejected bytes, cut at ``DLQ_MAX_BYTES``)."""
     REJECTED.labels(r.reason).inc()
     value = r.raw
