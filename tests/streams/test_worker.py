@@ -130,6 +130,22 @@ class Setup:
         worker.wait_for(lambda: "Worker ready" in worker.log_text(), 60, "the worker to join its group")
         return worker
 
+    def produce_live(self, stream_file: Path) -> subprocess.Popen[bytes]:
+        """``coordwatch produce`` of the file at 6,000 events/s, in the background."""
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(self.config)],
+            cwd=self.tmp, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.procs.append(producer)
+        return producer
+
+    def assert_alerts_once(self, expected: set[tuple[Any, ...]]) -> None:
+        """The alerts topic holds exactly ``expected``, no id twice (given 2 s to show one)."""
+        time.sleep(2)
+        got = self.alert_values()
+        assert len(got) == len(set(got)), "an alert id was published twice"
+        assert summarise(got) == expected
+
     def alert_values(self) -> list[bytes]:
         """Every alert on the topic, duplicates included."""
         return read_topic(self.broker, self.alerts)[0]
@@ -260,22 +276,15 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     s = Setup(broker, tmp_path, procs, batch_messages=2)
     messages, _ = counts(stream_file)
     w = s.start_worker()
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
-        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    procs.append(producer)
+    producer = s.produce_live(stream_file)
     w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages * 0.4, 60, "40% of the stream")
     w.kill()
     before = len(s.alert_values())
     assert producer.wait(60) == 0
     w2 = s.start_worker()
     w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 60, "the rest of the alerts")
-    time.sleep(2)  # anything published twice would be out by now
-    got = s.alert_values()
     print(f"{before} alerts before the kill; restarted worker suppressed {w2.metric('coordwatch_alerts_suppressed_total'):.0f}")
-    assert len(got) == len(set(got)), "an alert id was published twice"
-    assert summarise(got) == expected
+    s.assert_alerts_once(expected)
 
 
 def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_path, procs, stream_file, expected):
@@ -317,45 +326,31 @@ def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
     s.cli("produce", str(stream_file))
     w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the alerts")
-    time.sleep(2)  # anything published twice would be out by now
-    got = s.alert_values()
+    s.assert_alerts_once(expected)
     held = [stages(w1), stages(w2)]
     print(f"stages: w1 {sorted(held[0])}, w2 {sorted(held[1])}")
     assert all(held), "one worker held no stage: the work was not shared"
-    assert len(got) == len(set(got)), "an alert id was published twice"
-    assert summarise(got) == expected
 
 
 def test_a_second_worker_joining_mid_stream_changes_no_alert(broker, tmp_path, procs, stream_file, expected):
     s = Setup(broker, tmp_path, procs, batch_messages=2)
     messages, _ = counts(stream_file)
     w1 = s.start_worker("w1")
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
-        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    procs.append(producer)
+    producer = s.produce_live(stream_file)
     w1.wait_for(lambda: w1.metric("coordwatch_messages_total") >= messages * 0.4, 60, "40% of the stream")
     w2 = s.start_worker("w2")
     assert producer.wait(60) == 0
     w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the rest of the alerts")
-    time.sleep(2)
-    got = s.alert_values()
+    s.assert_alerts_once(expected)
     assert stages(w2), "the joining worker took no stage over"
     assert "restored" in w2.log_text(), "the joining worker should resume a stage from its snapshot"
-    assert len(got) == len(set(got)), "an alert id was published twice"
-    assert summarise(got) == expected
 
 
 def test_sigkill_one_of_two_workers_the_other_takes_its_stages_over(broker, tmp_path, procs, stream_file, expected):
     s = Setup(broker, tmp_path, procs, batch_messages=2)
     messages, _ = counts(stream_file)
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "streams", "produce", str(stream_file), "--rate", "6000", "--config", str(s.config)],
-        cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    procs.append(producer)
+    producer = s.produce_live(stream_file)
     w1.wait_for(lambda: w1.metric("coordwatch_messages_total") + w2.metric("coordwatch_messages_total")
                 >= messages * 0.4, 60, "40% of the stream")  # fmt: skip
     lost = stages(w2)
@@ -363,8 +358,5 @@ def test_sigkill_one_of_two_workers_the_other_takes_its_stages_over(broker, tmp_
     w2.kill()
     assert producer.wait(60) == 0
     w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the rest of the alerts")
-    time.sleep(2)
-    got = s.alert_values()
+    s.assert_alerts_once(expected)
     assert lost <= stages(w1), f"w1 holds {sorted(stages(w1))}, not all of w2's {sorted(lost)}"
-    assert len(got) == len(set(got)), "an alert id was published twice"
-    assert summarise(got) == expected
