@@ -7,16 +7,17 @@ Three agents, each on its own topic, so that N workers in one group compute exac
   message per input partition (at most 512 KiB) and sends a copy to every partition of the
   *work topic* ``<app_id>.work``, then acks the input. Messages larger than
   ``events.max_event_bytes`` go straight to the dead-letter topic.
-* **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector
-  (co_action, near_duplicate, burst) as one :class:`~detectors.pipeline.Detection` over every
-  event, in event time. The work is cut by detector, not by object or LSH band: a co_action
-  group or a near_duplicate cluster can join any two objects or texts, so cutting their state
-  by key would change what they find. The stage parses (the first detector's stage sends the
-  rejections to the dead-letter topic, headers ``source_topic``, ``source_partition``,
-  ``source_offset``, ``reason``, ``detail``, and ``index`` for an envelope element), skips
-  input already in its state, and each time it closes ticks sends their alerts, unlinked, to
-  the *link topic* ``<app_id>.link`` (one partition), stamped with its work offset. Late
-  events are dead-lettered by each detector that never processed them (header ``detector``).
+* **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector in
+  :data:`~streams.stages.WORK_ORDER` (near_duplicate, co_action, burst) as one
+  :class:`~detectors.pipeline.Detection` over every event, in event time. The work is cut
+  by detector, not by object or LSH band: a co_action group or a near_duplicate cluster can
+  join any two objects or texts, so cutting their state by key would change what they find.
+  The stage parses (partition 0's stage sends the rejections to the dead-letter topic,
+  headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``, ``detail``,
+  and ``index`` for an envelope element), skips input already in its state, and each time it
+  closes ticks sends their alerts, unlinked, to the *link topic* ``<app_id>.link`` (one
+  partition), stamped with its work offset. Late events are dead-lettered by each detector
+  that never processed them (header ``detector``).
 * **link** reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
   alerts of all detectors once each has closed the tick and publishes them to the alerts
   topic (key ``group_id``, value ``Alert.to_json()``). A re-sent stage message (an offset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-EVENTS = Counter("coordwatch_events", "valid events handed to the detectors (counted once, by the first detector's stage)")
+EVENTS = Counter("coordwatch_events", "valid events handed to the detectors (counted once, by work partition 0's stage)")
 MESSAGES = Counter("coordwatch_messages", "input messages ingested (after a crash, re-read ones count again)")
 REJECTED = Counter("coordwatch_rejected", "rejected input sent to the dead-letter topic", ["reason"])
 ALERTS = Counter("coordwatch_alerts", "alerts published", ["type"])

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from faust.types import TP, EventT
 
-from detectors.base import Alert
+from detectors.base import Alert, Detector
 from detectors.events import Event, Rejection, parse_messages
 from detectors.pipeline import AlertOrder, Detection, enabled_detectors, json_tick, lateness_of, tick_json
 from streams.config import Config
@@ -50,9 +50,22 @@ def link_topic(config: Config) -> str:
     return f"{config.kafka.app_id}.link"
 
 
+#: The work partitions' detectors, heaviest second. Faust (an app without tables) assigns
+#: with aiokafka's round robin over all the group's partitions in order, so two workers get
+#: work partitions {0, 2} and {1} whatever precedes them: co_action, about half of the
+#: detection CPU, then has a worker to itself (in config order it shared one with burst:
+#: ``coordwatch bench stream --workers 2``, 0.82 and 0.46 worker cores).
+WORK_ORDER = ("near_duplicate", "co_action", "burst")
+
+
+def work_detectors(config: Config) -> list[Detector[Any]]:
+    """The enabled detectors in work-partition order: partition ``u`` runs the ``u``-th."""
+    return sorted(enabled_detectors(config), key=lambda d: WORK_ORDER.index(d.NAME))
+
+
 def detector_names(config: Config) -> list[str]:
-    """The enabled detectors: work partition ``u`` is the ``u``-th."""
-    return [d.NAME for d in enabled_detectors(config)]
+    """The enabled detectors in work-partition order."""
+    return [d.NAME for d in work_detectors(config)]
 
 
 def stage_names(config: Config) -> list[str]:
@@ -186,10 +199,11 @@ class ParseCache:
 
 
 class DetectStage(Stage):
-    """Work partition ``u``: detector ``u`` over every event; the first one also dead-letters rejections."""
+    """Work partition ``u``: detector ``u`` (:data:`WORK_ORDER`) over every event; the first
+    one also counts the events and dead-letters the rejections."""
 
     def __init__(self, config: Config, tp: TP, app: faust.App, parse: Parse) -> None:
-        dets = enabled_detectors(config)
+        dets = work_detectors(config)
         det = dets[tp.partition]
         super().__init__(config, f"detect-{det.NAME}", tp, app)
         self.detector = det.NAME
@@ -248,7 +262,8 @@ class LinkStage(Stage):
         names = detector_names(config)
         self.work = work_topic(config)
         self.partition_of = {name: u for u, name in enumerate(names)}
-        self.order = AlertOrder(names, names, config.linking)
+        # alerts in the pipeline's order (config order), whatever the partitions' order
+        self.order = AlertOrder(names, [d.NAME for d in enabled_detectors(config)], config.linking)
         self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)
 
     def _handle(self, msg: Any, value: bytes) -> Out:
