@@ -360,3 +360,38 @@ def test_sigkill_one_of_two_workers_the_other_takes_its_stages_over(broker, tmp_
     w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the rest of the alerts")
     s.assert_alerts_once(expected)
     assert lost <= stages(w1), f"w1 holds {sorted(stages(w1))}, not all of w2's {sorted(lost)}"
+
+
+def test_a_work_topic_made_for_another_detector_set_stops_the_worker_at_start(broker, tmp_path, procs):
+    s = Setup(broker, tmp_path, procs)
+    from streams.broker import ensure_topics
+    from streams.config import load
+
+    ensure_topics(load(s.config).config, [f"{s.app_id}.work"], partitions=2)  # as if two detectors ran
+    run = subprocess.run(
+        [sys.executable, "-m", "streams", "worker", "--config", str(s.config), "--worker-id", "w1"],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"kafka.app_id = '{s.app_id}'" in run.stderr and "2 partitions" in run.stderr
+    assert "use a new kafka.app_id" in run.stderr
+
+
+def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broker, tmp_path, procs):
+    s = Setup(broker, tmp_path, procs)
+    base = 1_700_000_000.0
+    on_time = [{"ts": base + i, "account_id": f"a{i % 7}", "action": "post", "text": f"post number {i}"} for i in range(0, 7200, 3)]
+    late = {"ts": base + 60, "account_id": "late-one", "action": "post", "text": "an hour too late", "event_id": "late-1"}
+    w = s.start_worker()
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
+    for i in range(0, len(on_time), 10):  # envelopes within max_event_bytes
+        producer.send(s.events, key=b"k", value=orjson.dumps(on_time[i : i + 10]))
+    producer.send(s.events, key=b"k", value=orjson.dumps(late)).get(10)
+    producer.close()
+    w.wait_for(lambda: w.metric("coordwatch_rejected_total{reason=late}") >= 3, 30, "the late dead letters")
+    time.sleep(2)
+    _, records = read_topic(broker, s.dlq)
+    heads = [{k: v.decode() for k, v in r.headers} for r in records]
+    assert sorted(h["detector"] for h in heads) == ["burst", "co_action", "near_duplicate"]
+    assert {(h["reason"], h["source_topic"]) for h in heads} == {("late", s.events)}
+    assert all(orjson.loads(r.value)["event_id"] == "late-1" for r in records)
