@@ -27,7 +27,7 @@ protocol, on one stream of the same events on one input partition: the workers s
 detector stages (see ``streams.app``: a work partition per detector and one link partition),
 so the N-worker run does the same work as the lone one, spread. The workers join their group
 on an EMPTY topic; once a marker (``[]``, a rejection) has reached every detector stage (each
-has written a snapshot) the assignment is settled, they are paused (SIGSTOP), the stream is
+has logged its start) the assignment is settled, they are paused (SIGSTOP), the stream is
 produced, they are resumed (SIGCONT), and the clock starts at the first new input -- so no
 rebalance falls inside the timed span and nothing is processed twice. ``two_vs_one`` is
 bounded by the largest stage's share of the work (the detectors are the unit of
@@ -478,8 +478,8 @@ class Bench:
             await produce(self.servers, topic, [[b"[]"]])  # an empty envelope: a rejection
             while True:  # the marker reached every detector stage: the assignment is settled
                 ms = [w.metrics() or {} for w in workers]
-                held = [k for m in ms for k in m if k.startswith("coordwatch_pipeline_state_bytes{stage=detect-")]
-                if len(held) >= self.detectors and all(m.get("coordwatch_messages_total", -1) >= 0 for m in ms):
+                started = sum(len(re.findall(r"detect-\w+: no snapshot on", w.log_text())) for w in workers)
+                if started >= self.detectors and all(ms):
                     break
                 for w in workers:
                     w.check()
@@ -515,8 +515,8 @@ class Bench:
             out.events -= int(base)
             out.startup_s = startup
             out.detail = "stages: " + "; ".join(
-                f"{w.worker_id} " + ",".join(sorted(k.split("=", 1)[1][:-1] for k in (w.metrics() or {})
-                                                   if k.startswith("coordwatch_pipeline_state_bytes{")))
+                f"{w.worker_id} " + ",".join(sorted(set(re.findall(r"(detect-\w+|link): (?:no snapshot|restored)",
+                                                               w.log_text()))))
                 for w in workers)  # fmt: skip
             return out, produced_s
         finally:
