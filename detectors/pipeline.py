@@ -34,7 +34,7 @@ from __future__ import annotations
 import gc
 import math
 from operator import attrgetter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -267,7 +267,7 @@ class Pipeline:
 
     def __init__(self, detectors: Sequence[Detector[Any]], linking: LinkingParams) -> None:
         self.linking = linking
-        self.detection = Detection(detectors, linking.tick_s, lateness_of(detectors))
+        self.detection = Detection(detectors, linking.tick_s, lateness_of(d.params for d in detectors))
         self.order = AlertOrder([self.SOURCE], [d.NAME for d in detectors], linking)
         self.late: list[Event] = []  # process()'s late events, for the caller to report and clear
 
@@ -314,14 +314,20 @@ class Pipeline:
         self.order.restore(order.tobytes())
 
 
-def enabled_detectors(config: DetectorConfig) -> list[Detector[Any]]:
-    """One detector per enabled config section, in alert order."""
-    return [klass(getattr(config, name)) for name, klass in detector_classes().items() if getattr(config, name).enabled]
+def enabled_names(config: DetectorConfig) -> list[str]:
+    """The detectors of the enabled config sections, in alert order."""
+    return [name for name in detector_classes() if getattr(config, name).enabled]
 
 
-def lateness_of(detectors: Sequence[Detector[Any]]) -> float:
-    """The lateness bound of a pipeline running ``detectors`` (or any part of them)."""
-    return max((d.params.allowed_lateness_s for d in detectors), default=0.0)
+def enabled_detectors(config: DetectorConfig, names: Sequence[str] | None = None) -> list[Detector[Any]]:
+    """A detector for each of ``names`` (default: every enabled one), with its section's params."""
+    classes = detector_classes()
+    return [classes[name](getattr(config, name)) for name in (enabled_names(config) if names is None else names)]
+
+
+def lateness_of(params: Iterable[Any]) -> float:
+    """The lateness bound of a pipeline running detectors with these params (or any part of them)."""
+    return max((p.allowed_lateness_s for p in params), default=0.0)
 
 
 def tick_json(x: float) -> float | str | None:

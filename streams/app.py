@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 
@@ -67,7 +66,7 @@ from detectors.events import parse_message
 from detectors.pipeline import tune_gc
 from streams.broker import faust_settings
 from streams.config import Config
-from streams.metrics import ALERTS, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES, SUPPRESSED
+from streams.metrics import ALERTS, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_BYTES,
@@ -103,6 +102,7 @@ class Runner:
         self.config, self.worker_id, self.app = config, worker_id, app
         self.stages: dict[TP, Stage] = {}
         self.streams: dict[str, StreamT] = {}
+        self.work_partitions = len(detector_names(config))
         self.parse = ParseCache(config.events.max_event_bytes)
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching state
@@ -125,7 +125,7 @@ class Runner:
             offsets.append(msg.offset)
             keys.append(msg.key)
             values.append(value)
-        topic, parts = work_topic(self.config), len(detector_names(self.config))
+        topic, parts = work_topic(self.config), self.work_partitions
         for tp, (offsets, keys, values) in by_tp.items():
             headers = [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
@@ -166,9 +166,6 @@ class Runner:
                 for send in out.sends:
                     stage.sent.append(await self._send(send))
                 for a in out.alerts:
-                    if isinstance(stage, LinkStage) and a.alert_id in stage.seen:
-                        SUPPRESSED.inc()
-                        continue
                     ALERTS.labels(a.type).inc()
                     stage.sent.append(
                         await self._send((self.config.topics.alerts, a.group_id.encode(), a.to_json(), None, None))
@@ -184,7 +181,7 @@ class Runner:
         await stage.store.start()
         snap = await stage.store.load()
         if snap is None:
-            alert_offsets = await stage.store.alert_end_offsets() if stage.alert_offsets_needed() else {}
+            alert_offsets = await stage.alert_offsets()
             await stage.store.save(Snapshot(await self._cpu(stage.state), {}, alert_offsets, self._meta(stage)))
             stage.fresh = True
             log.info("%s: no snapshot on %s, starting empty", stage.name, stage.store.topic)
@@ -225,13 +222,13 @@ class Runner:
             if stage is None or not stage.pending:
                 return
             # before capturing: alerts of later input land after these offsets
-            alert_offsets = await stage.store.alert_end_offsets() if stage.alert_offsets_needed() else {}
+            alert_offsets = await stage.alert_offsets()
             covered, stage.pending = stage.pending, []
             sent, stage.sent = stage.sent, []
             snap = Snapshot(await self._cpu(stage.state), dict(stage.offsets), alert_offsets, self._meta(stage))
             await asyncio.gather(*sent)  # what the covered input caused is stored first (or this raises)
             size = await stage.store.save(snap)  # under the lock: never after the partition is revoked
-        stream = self.streams["link" if isinstance(stage, LinkStage) else "detect"]
+        stream = self.streams[stage.KIND]
         for ev in covered:
             await stream.ack(ev)
         STATE_BYTES.labels(stage.name).set(size)
@@ -262,29 +259,6 @@ class Runner:
         return {"worker_id": self.worker_id, "stage": stage.name, "written": time.time(), "stats": stage.stats}
 
 
-def short_fetch_polls(wait_ms: int) -> None:
-    """Make Faust's worker consumer long-poll ``wait_ms``, not its fixed 1500 ms.
-
-    A fetch asks for the assigned partitions whose records the app has taken; those the agents
-    still hold are left out. With three agents on five topics, a fetch often covers only
-    partitions with nothing new (the link topic between ticks, Faust's assignor topic), and
-    the broker holds it for the whole wait, during which nothing is fetched for the others
-    (Tansu answers at the end of the wait, not when data arrives). Measured with ``coordwatch
-    bench stream --quick``: one worker at 0.55 cores and 22 k events/s with 1500 ms."""
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = driver.AIOKafkaConsumerThread
-    create = getattr(thread, "_coordwatch_create", thread._create_worker_consumer)
-
-    def _create_worker_consumer(self: Any, transport: Any) -> AIOKafkaConsumer:
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
-        return consumer
-
-    thread._coordwatch_create = create  # type: ignore[attr-defined]
-    thread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-
-
 def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
     """The Faust app for one worker (its three agents, snapshot timer and settings)."""
     k = config.kafka
@@ -308,11 +282,10 @@ def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
         consumer_max_fetch_size=max_message_bytes(config),
         producer_linger=0.005,
     )
-    short_fetch_polls(k.fetch_max_wait_ms)
     runner = Runner(config, worker_id, app)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     source = app.topic(*config.topics.events, **raw)
-    work = app.topic(work_topic(config), partitions=len(detector_names(config)), internal=True, **raw)
+    work = app.topic(work_topic(config), partitions=runner.work_partitions, internal=True, **raw)
     link = app.topic(link_topic(config), partitions=1, internal=True, **raw)
 
     def agent(kind: str, handle: Callable[[Sequence[EventT]], Awaitable[None]],

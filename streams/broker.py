@@ -158,7 +158,6 @@ def partition_counts(config: Config, names: list[str]) -> dict[str, int]:
         admin.close()
 
 
-
 # -- the embedded broker ---------------------------------------------------------------
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the OS's choice)."""

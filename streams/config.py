@@ -75,10 +75,6 @@ class KafkaParams(Section):
     batch_within_s: float = Field(
         0.2, gt=0, le=60, description="... or fewer: what arrived within this many seconds"
     )
-    fetch_max_wait_ms: int = Field(
-        50, ge=1, le=10_000,
-        description="how long the broker may hold a fetch of partitions with nothing new (Faust fixes 1500; see streams.app)",
-    )
     max_poll_records: int = Field(
         200, ge=1, le=100_000, description="consumer fetch size in messages (a 100-event envelope is one message)"
     )

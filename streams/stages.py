@@ -20,11 +20,19 @@ import numpy as np
 import orjson
 from faust.types import TP, EventT
 
-from detectors.base import Alert, Detector
+from detectors.base import Alert
 from detectors.events import Event, Rejection, parse_messages
-from detectors.pipeline import AlertOrder, Detection, enabled_detectors, json_tick, lateness_of, tick_json
+from detectors.pipeline import (
+    AlertOrder,
+    Detection,
+    enabled_detectors,
+    enabled_names,
+    json_tick,
+    lateness_of,
+    tick_json,
+)
 from streams.config import Config
-from streams.metrics import EVENTS, REJECTED, WATERMARK
+from streams.metrics import EVENTS, REJECTED, SUPPRESSED, WATERMARK
 from streams.snapshots import Snapshot, SnapshotStore, snapshot_topic
 
 log = logging.getLogger(__name__)
@@ -58,27 +66,25 @@ def link_topic(config: Config) -> str:
 WORK_ORDER = ("near_duplicate", "co_action", "burst")
 
 
-def work_detectors(config: Config) -> list[Detector[Any]]:
-    """The enabled detectors in work-partition order: partition ``u`` runs the ``u``-th."""
-    return sorted(enabled_detectors(config), key=lambda d: WORK_ORDER.index(d.NAME))
-
-
 def detector_names(config: Config) -> list[str]:
-    """The enabled detectors in work-partition order."""
-    return [d.NAME for d in work_detectors(config)]
+    """The enabled detectors in work-partition order: partition ``u`` runs the ``u``-th."""
+    return sorted(enabled_names(config), key=WORK_ORDER.index)
 
 
 def stage_names(config: Config) -> list[str]:
     return [f"detect-{name}" for name in detector_names(config)] + ["link"]
 
 
-def internal_topics(config: Config) -> dict[str, int]:
-    """Topic name -> partitions of the topics between and beside the agents."""
-    return {
-        work_topic(config): len(detector_names(config)),
-        link_topic(config): 1,
-        **{snapshot_topic(config, s): 1 for s in stage_names(config)},
-    }
+def internal_topics(config: Config) -> list[tuple[list[str], int, dict[str, str]]]:
+    """The topics between and beside the agents, as (names, partitions, topic configs): only
+    the newest snapshot is ever read, so a real cluster may drop old ones (Tansu keeps all)."""
+    keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
+    large = {"max.message.bytes": str(max_message_bytes(config))}
+    return [
+        ([work_topic(config)], len(detector_names(config)), large),
+        ([link_topic(config)], 1, large),
+        ([snapshot_topic(config, s) for s in stage_names(config)], 1, {"retention.ms": keep_ms}),
+    ]
 
 
 # -- frames: input messages with their offsets and keys, one work-topic message ----------
@@ -118,7 +124,7 @@ Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | Non
 
 @dataclass
 class Out:
-    """What handling input produced, for the event loop to send (alerts: to publish)."""
+    """What handling input produced, for the event loop to send (alerts: to publish, not yet on the topic)."""
 
     sends: list[Send] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
@@ -126,6 +132,9 @@ class Out:
 
 class Stage(ABC):
     """One partition's state (a detector, or the linking), snapshotted to its own topic."""
+
+    KIND: str  # the agent feeding it: "detect" or "link"
+    PUBLISHES = False  # sends alerts: its snapshots record the alerts topic's end offsets
 
     def __init__(self, config: Config, name: str, tp: TP, app: faust.App) -> None:
         self.config, self.name, self.tp, self.app = config, name, tp, app
@@ -156,11 +165,12 @@ class Stage(ABC):
     def load(self, state: bytes) -> None:
         """Inverse of :meth:`state` on a fresh stage."""
 
+    async def alert_offsets(self) -> dict[int, int]:
+        """For a snapshot: the alerts topic's end offsets if this stage publishes (else none)."""
+        return await self.store.alert_end_offsets() if self.PUBLISHES else {}
+
     async def restored(self, snap: Snapshot | None) -> None:
         """After :meth:`load` (or with nothing to load): anything more to fetch."""
-
-    def alert_offsets_needed(self) -> bool:
-        return False
 
     @property
     def stats(self) -> Any:
@@ -202,14 +212,15 @@ class DetectStage(Stage):
     """Work partition ``u``: detector ``u`` (:data:`WORK_ORDER`) over every event; the first
     one also counts the events and dead-letters the rejections."""
 
+    KIND = "detect"
+
     def __init__(self, config: Config, tp: TP, app: faust.App, parse: Parse) -> None:
-        dets = work_detectors(config)
-        det = dets[tp.partition]
-        super().__init__(config, f"detect-{det.NAME}", tp, app)
-        self.detector = det.NAME
+        self.detector = detector_names(config)[tp.partition]
+        super().__init__(config, f"detect-{self.detector}", tp, app)
         self.parse = parse
         self.primary = tp.partition == 0  # counts events and reports rejections, once
-        self.detection = Detection([det], config.linking.tick_s, lateness_of(dets))
+        lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
+        self.detection = Detection(enabled_detectors(config, [self.detector]), config.linking.tick_s, lateness)
 
     def _handle(self, msg: Any, value: bytes) -> Out:
         src = (_header(msg, "source_topic").decode(), int(_header(msg, "source_partition") or 0))
@@ -257,13 +268,16 @@ class DetectStage(Stage):
 class LinkStage(Stage):
     """The link partition: every detector's alerts, linked in one order, published once."""
 
+    KIND = "link"
+    PUBLISHES = True
+
     def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
         super().__init__(config, "link", tp, app)
         names = detector_names(config)
         self.work = work_topic(config)
         self.partition_of = {name: u for u, name in enumerate(names)}
         # alerts in the pipeline's order (config order), whatever the partitions' order
-        self.order = AlertOrder(names, [d.NAME for d in enabled_detectors(config)], config.linking)
+        self.order = AlertOrder(names, enabled_names(config), config.linking)
         self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)
 
     def _handle(self, msg: Any, value: bytes) -> Out:
@@ -275,7 +289,11 @@ class LinkStage(Stage):
             return out  # sent again by a detector stage resumed from an older snapshot
         self.offsets[source] = body["offset"] + 1
         found = [Alert.from_json(a, at) for a, at in zip(lines[1:], body["at"])]
-        out.alerts = self.order.offer(body["detector"], json_tick(body["closed"]), found)
+        for a in self.order.offer(body["detector"], json_tick(body["closed"]), found):
+            if a.alert_id in self.seen:
+                SUPPRESSED.inc()
+            else:
+                out.alerts.append(a)
         return out
 
     def state(self) -> bytes:
@@ -288,9 +306,6 @@ class LinkStage(Stage):
         if snap is not None:
             self.seen = await self.store.alert_ids_since(snap.alert_offsets)
             log.info("link: %d alert ids already published after the snapshot", len(self.seen))
-
-    def alert_offsets_needed(self) -> bool:
-        return True
 
 
 def dead_letter(

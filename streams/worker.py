@@ -92,7 +92,6 @@ def fetch_metrics(host: str, port: int, timeout_s: float = 2.0) -> dict[str, flo
 def run(config: Config, worker_id: str | None = None, loglevel: str = "info") -> NoReturn:
     """Run one worker until SIGTERM/SIGINT (or an error: exit 70)."""
     from streams.app import create_app, worker_dir
-    from streams.stages import internal_topics, work_topic
 
     worker_id = worker_id or default_worker_id()
     if not _ID_RE.match(worker_id):
@@ -102,7 +101,7 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
     lock = lock_dir(folder)
     t = config.topics
     ensure_topics(config, [*t.events, t.alerts, t.dead_letter])
-    check_internal_topics(config, internal_topics(config), work_topic(config))
+    create_internal_topics(config)
     port = serve_metrics(config, folder)
     log.info(
         "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
@@ -118,21 +117,18 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
         lock.close()
 
 
-def check_internal_topics(config: Config, topics: dict[str, int], work: str) -> None:
+def create_internal_topics(config: Config) -> None:
     """Create the work, link and snapshot topics; the work topic must have one partition per
-    enabled detector (only the newest snapshot is ever read: a real cluster may drop old
-    ones, Tansu keeps all)."""
-    from streams.stages import max_message_bytes
+    enabled detector, or its state is another detector set's."""
+    from streams.stages import detector_names, internal_topics, work_topic
 
-    keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
-    for name, parts in topics.items():
-        configs = {"retention.ms": keep_ms} if ".snapshots." in name else {"max.message.bytes": str(max_message_bytes(config))}
-        ensure_topics(config, [name], partitions=parts, configs=configs)
-    found = partition_counts(config, [work])[work]
-    if found != topics[work]:
+    for names, partitions, configs in internal_topics(config):
+        ensure_topics(config, names, partitions=partitions, configs=configs)
+    work, wanted = work_topic(config), len(detector_names(config))
+    if (found := partition_counts(config, [work])[work]) != wanted:
         raise ConfigError(
             f"kafka.app_id = {config.kafka.app_id!r}: its work topic {work} has {found} partitions, but this "
-            f"config runs {topics[work]} detectors (one partition each): state of another detector set; "
+            f"config runs {wanted} detectors (one partition each): state of another detector set; "
             "use a new kafka.app_id"
         )
 

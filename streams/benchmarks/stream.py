@@ -343,10 +343,10 @@ class Bench:
         self.broker = EmbeddedBroker(0, log_file=tmp / "tansu.log")
         self.workers: list[Worker] = []
         self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
-        from detectors.pipeline import enabled_detectors
+        from detectors.pipeline import enabled_names
         from streams.config import Config
 
-        self.detectors = len(enabled_detectors(Config()))  # the workers run the default config
+        self.detectors = len(enabled_names(Config()))  # the workers run the default config
 
     @property
     def servers(self) -> str:

@@ -65,7 +65,7 @@ def test_one_detection_per_detector_linked_by_one_order_is_the_pipeline() -> Non
     is snapshotted and restored on the way: the pipeline's bytes."""
     config, evs = Config(), stream()
     dets = enabled_detectors(config)
-    units = {d.NAME: Detection([d], config.linking.tick_s, lateness_of(dets)) for d in dets}
+    units = {d.NAME: Detection([d], config.linking.tick_s, lateness_of(d.params for d in dets)) for d in dets}
     order = AlertOrder(list(units), list(units), config.linking)
     out: list[bytes] = []
     for k, (name, unit) in enumerate(units.items()):
