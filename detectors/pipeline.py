@@ -8,9 +8,12 @@ Two parts, so the stream workers can run them on different machines (see ``strea
   detectors, even when a Detection runs only some of them); its events are then sorted by
   (ts, event id, account, action) and go, with every other tick closed at the same time, to
   each detector in ONE call (detectors vectorise over a batch), and each detector is then
-  told that event time reached the end of the last closed tick. An event for a tick already
-  closed is late: it is never processed, but returned for the caller to report (replay's
-  rejects file, a worker's dead-letter topic).
+  told that event time reached the end of the last closed tick. Input comes from one or
+  more *sources* (Kafka partitions), each read in its order: an event more than the bound
+  behind an earlier event of its own source, or for a tick already closed, is late. It is
+  never processed, but returned for the caller to report (replay's rejects file, a worker's
+  dead-letter topic). Closing ticks only up to the slowest source keeps the late events a
+  function of each source's sequence (:meth:`Detection.add`).
 * :class:`AlertOrder` links the alerts of one or more Detections in ONE order: (tick of
   ``at``, detector, group id, revision). It releases an alert once every source has closed
   its tick, so the order, and with it ``related``, is the same however the sources' ticks
@@ -18,9 +21,9 @@ Two parts, so the stream workers can run them on different machines (see ``strea
   ``linking.memory_s`` before the alert's tick began.
 
 So the detectors see one time-sorted sequence, the same however the input was batched, in
-whatever order it arrived within the lateness bound, and however it was spread over Kafka
-partitions or workers: the watermark only decides *when* a tick is handled, never what is in
-it. The cost is latency: a tick is handled ``allowed_lateness_s`` after it ends, and its
+whatever order it arrived within the lateness bound, and however its sources interleaved or
+were spread over workers: the watermark only decides *when* a tick is handled, never what is
+in it. The cost is latency: a tick is handled ``allowed_lateness_s`` after it ends, and its
 alerts are linked once the next tick has closed too (an alert decided at the end of a tick
 belongs to the next one).
 
@@ -46,7 +49,7 @@ from detectors.params import LinkingParams
 from sketches.errors import IncompatibleSketchError
 from sketches.protocol import pack, unpack
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 #: Generation-0 threshold while a pipeline runs (CPython's default is 700).
 GC_GEN0_THRESHOLD = 100_000
@@ -104,25 +107,39 @@ class Detection:
         self._open: list[Event] = []  # events of open ticks, in arrival order
         self._open_ts = np.empty(0)  # their times
         self._closed = -math.inf  # ticks up to this index are closed
-        self._newest = -math.inf  # the newest event time added
+        self._newest: dict[str, float] = {}  # the newest event time added, per source
 
     @property
     def newest(self) -> float:
-        """The newest event time added (the watermark of one input read in order)."""
-        return self._newest
+        """The newest event time added from any source (the watermark of one input read in order)."""
+        return max(self._newest.values(), default=-math.inf)
+
+    def newest_of(self, source: str) -> float:
+        """The newest event time added from ``source`` (``-inf`` before any)."""
+        return self._newest.get(source, -math.inf)
 
     @property
     def closed(self) -> float:
         """The index of the last closed tick (``-inf`` before any, ``inf`` at the end)."""
         return self._closed
 
-    def add(self, events: Sequence[Event]) -> list[Event]:
-        """Buffer events into their ticks; returns the late ones (their tick is closed)."""
+    def add(self, events: Sequence[Event], source: str = "") -> list[Event]:
+        """Buffer events of ``source`` (read in its order) into their ticks; returns the late ones.
+
+        An event is late if its tick is one that the newest event *before it in its source*
+        closes (with :meth:`advance`'s rule), or that is closed already. The first test is a
+        function of the source's sequence alone, so however sources interleave, and however
+        their events are batched, the same events are late, as long as the ticks are closed
+        only up to the slowest source's newest event (:meth:`advance` with :meth:`newest_of`'s
+        minimum): then the second test catches nothing more.
+        """
         if not events:
             return []
         ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
-        self._newest = max(self._newest, float(ts.max()))
-        is_late = np.floor(ts / self.tick_s) <= self._closed
+        before = np.maximum.accumulate(np.concatenate(([self.newest_of(source)], ts[:-1])))
+        self._newest[source] = max(float(before[-1]), float(ts[-1]))
+        tick = np.floor(ts / self.tick_s)
+        is_late = (tick <= np.floor((before - self.lateness) / self.tick_s) - 1) | (tick <= self._closed)
         late: list[Event] = []
         if is_late.any():
             late = [events[i] for i in np.flatnonzero(is_late).tolist()]
@@ -136,8 +153,8 @@ class Detection:
         """What a late event becomes for the rejects file or the dead-letter topic."""
         return Rejection(
             "late",
-            f"ts {e.ts} is in a tick closed at watermark {self._newest} (more than "
-            f"{self.lateness:g} s late): never processed",
+            f"ts {e.ts} is in a tick already closed: more than {self.lateness:g} s behind an event "
+            "before it in its partition (or its partition was idle while the others moved on): never processed",
             event_to_json(e),
         )
 
@@ -179,7 +196,7 @@ class Detection:
             "version": STATE_VERSION,
             "detectors": [d.NAME for d in self.detectors],
             "closed": tick_json(self._closed),
-            "newest": tick_json(self._newest),
+            "newest": self._newest,
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
         ticks = np.floor(self._open_ts / self.tick_s)
@@ -195,10 +212,10 @@ class Detection:
             raise IncompatibleSketchError(f"snapshot has detectors {header['detectors']}, this config runs {names}")
         self.detectors = [type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)]
         self._closed = json_tick(header["closed"])
-        self._newest = json_tick(header["newest"])
+        self._newest = dict(header["newest"])
         raw = arrays[-1].tobytes()
-        self._open, self._open_ts = [], np.empty(0)
-        self.add([parse_event(line) for line in raw.split(b"\n")] if raw else [])  # type: ignore[misc]
+        self._open = [parse_event(line) for line in raw.split(b"\n")] if raw else []  # type: ignore[misc]
+        self._open_ts = np.fromiter(map(_TS, self._open), dtype=np.float64, count=len(self._open))
 
 
 class AlertOrder:

@@ -4,9 +4,12 @@ Three agents, each on its own topic, so that N workers in one group compute exac
 
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
   does not parse: it frames the input messages of a batch with their offsets into one
-  message per input partition (at most 512 KiB) and sends a copy to every partition of the
-  *work topic* ``<app_id>.work``, then acks the input. Messages larger than
-  ``events.max_event_bytes`` go straight to the dead-letter topic.
+  message per input partition (at most ``FRAME_BYTES``) and sends a copy to every partition
+  of the *work topic* ``<app_id>.work``, then acks the input. Messages larger than
+  ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries its
+  input partition's high watermark, and every ``REPORT_EVERY_S`` ingest sends an empty frame
+  per assigned input partition with it: how the detect stages tell a partition that may
+  still send older events from one with nothing new (``DetectStage``).
 * **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector in
   :data:`~streams.stages.WORK_ORDER` (near_duplicate, co_action, burst) as one
   :class:`~detectors.pipeline.Detection` over every event, in event time. The work is cut
@@ -88,6 +91,11 @@ from streams.worker import fatal, started_ago
 log = logging.getLogger(__name__)
 
 STAGE_WITHIN_S = 0.005  # the detect and link agents' batch wait (see create_app)
+#: how often ingest reports each of its input partitions' high watermark to the detect stages
+#: (``streams.stages.DetectStage``: a partition with nothing new then holds back no tick)
+REPORT_EVERY_S = 1.0
+#: a stage whose new input changed no detection state (reports only) is snapshotted this rarely
+IDLE_SNAPSHOT_S = 300.0
 T = TypeVar("T")
 
 
@@ -98,8 +106,9 @@ def worker_dir(config: Config, worker_id: str) -> Path:
 class Runner:
     """The worker's stages (one per assigned work or link partition), their one CPU thread, snapshots."""
 
-    def __init__(self, config: Config, worker_id: str, app: faust.App) -> None:
+    def __init__(self, config: Config, worker_id: str, app: faust.App, sources: Sequence[tuple[str, int]]) -> None:
         self.config, self.worker_id, self.app = config, worker_id, app
+        self.sources = list(sources)  # every input partition
         self.stages: dict[TP, Stage] = {}
         self.streams: dict[str, StreamT] = {}
         self.work_partitions = len(detector_names(config))
@@ -125,18 +134,33 @@ class Runner:
             offsets.append(msg.offset)
             keys.append(msg.key)
             values.append(value)
-        topic, parts = work_topic(self.config), self.work_partitions
         for tp, (offsets, keys, values) in by_tp.items():
-            headers = [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
-                frame = pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi])
-                for u in range(parts):
-                    futures.append(await self._send((topic, None, frame, u, headers)))
+                futures += await self._frame(tp, pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi]))
             LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
         await asyncio.gather(*futures)
         stream = self.streams["ingest"]
         for ev in events:
             await stream.ack(ev)
+
+    async def report(self) -> None:
+        """An empty frame per assigned input partition: its high watermark, for the detect
+        stages to tell a partition with nothing new from one whose input is still coming."""
+        events = set(self.config.topics.events)
+        futures: list[Awaitable[Any]] = []
+        for tp in sorted(self.app.consumer.assignment()):
+            if tp.topic in events:
+                futures += await self._frame(tp, pack_frames([], [], []))
+        await asyncio.gather(*futures)
+
+    async def _frame(self, tp: TP, frame: bytes) -> list[Awaitable[Any]]:
+        """Send ``frame`` (of input partition ``tp``) to every work partition, stamped with
+        ``tp``'s high watermark if the consumer knows it."""
+        headers = [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
+        if (highwater := self.app.consumer.highwater(tp)) is not None:
+            headers.append(("highwater", str(highwater).encode()))
+        topic = work_topic(self.config)
+        return [await self._send((topic, None, frame, u, headers)) for u in range(self.work_partitions)]
 
     # -- detect and link -------------------------------------------------------------
     async def handle(self, kind: str, events: Sequence[EventT]) -> None:
@@ -175,7 +199,7 @@ class Runner:
         """The stage of a newly assigned partition, from its newest snapshot (or a first one)."""
         if tp not in self.app.consumer.assignment():
             return None
-        stage: Stage = (DetectStage(self.config, tp, self.app, self.parse) if kind == "detect"
+        stage: Stage = (DetectStage(self.config, tp, self.app, self.parse, self.sources) if kind == "detect"
                         else LinkStage(self.config, tp, self.app))  # fmt: skip
         t0 = time.perf_counter()
         await stage.store.start()
@@ -221,6 +245,8 @@ class Runner:
             stage = self.stages.get(tp)
             if stage is None or not stage.pending:
                 return
+            if not stage.dirty and time.monotonic() - stage.saved_at < IDLE_SNAPSHOT_S:
+                return  # only reports came: nothing a restart would miss (it reads them again)
             # before capturing: alerts of later input land after these offsets
             alert_offsets = await stage.alert_offsets()
             covered, stage.pending = stage.pending, []
@@ -228,6 +254,7 @@ class Runner:
             snap = Snapshot(await self._cpu(stage.state), dict(stage.offsets), alert_offsets, self._meta(stage))
             await asyncio.gather(*sent)  # what the covered input caused is stored first (or this raises)
             size = await stage.store.save(snap)  # under the lock: never after the partition is revoked
+            stage.dirty, stage.saved_at = False, time.monotonic()
         stream = self.streams[stage.KIND]
         for ev in covered:
             await stream.ack(ev)
@@ -259,8 +286,9 @@ class Runner:
         return {"worker_id": self.worker_id, "stage": stage.name, "written": time.time(), "stats": stage.stats}
 
 
-def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
-    """The Faust app for one worker (its three agents, snapshot timer and settings)."""
+def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]]) -> tuple[faust.App, Runner]:
+    """The Faust app for one worker (its three agents, timers and settings); ``sources``:
+    every partition of the event topics."""
     k = config.kafka
     app = faust.App(
         k.app_id,
@@ -282,7 +310,7 @@ def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
         consumer_max_fetch_size=max_message_bytes(config),
         producer_linger=0.005,
     )
-    runner = Runner(config, worker_id, app)
+    runner = Runner(config, worker_id, app, sources)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     source = app.topic(*config.topics.events, **raw)
     work = app.topic(work_topic(config), partitions=runner.work_partitions, internal=True, **raw)
@@ -317,6 +345,15 @@ def create_app(config: Config, worker_id: str) -> tuple[faust.App, Runner]:
     async def snapshot_timer() -> None:
         try:
             await runner.checkpoint()
+        except Exception as exc:
+            fatal(exc)
+
+    @app.timer(interval=REPORT_EVERY_S)
+    async def report_timer() -> None:
+        try:
+            await runner.report()
+        except KafkaError as exc:  # the broker is away: the reports go stale, the stages hold
+            log.warning("input report skipped, broker not answering: %r", exc)
         except Exception as exc:
             fatal(exc)
 

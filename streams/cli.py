@@ -245,14 +245,17 @@ def worker_cmd(loaded: cfg.Loaded, worker_id: str | None, loglevel: str) -> None
 @click.option("--envelope", default=100, show_default=True, type=click.IntRange(min=1),
               help="Events per message (1 = one plain event per message).")
 @click.option("--key", help="Message key of every message (default: the file name: one partition, file order).")
+@click.option("--spread", is_flag=True, help="Unkeyed, round robin over the topic's partitions (not with --key).")
 @click.option("--topic", help="Target topic (default: the first of topics.events).")
 @config_options
 def produce_cmd(loaded: cfg.Loaded, events: Path, rate: float | None, envelope: int, key: str | None,
-                topic: str | None) -> None:
+                spread: bool, topic: str | None) -> None:
     """Send EVENTS.jsonl[.gz] to the input topic as batch envelopes; prints events/s."""
     from streams.produce import produce
 
-    summary = produce(loaded.config, events, envelope=envelope, rate=rate, key=key, topic=topic)
+    if spread and key:
+        raise click.UsageError("--spread sends unkeyed messages: drop --key")
+    summary = produce(loaded.config, events, envelope=envelope, rate=rate, key=key, spread=spread, topic=topic)
     click.echo(summary.format(), err=True)
 
 

@@ -7,11 +7,12 @@ message whatever the agent does, so one event per message caps a worker near 8k
 events/s, while envelopes of 100 reach ~275k. Envelopes are also cut before they would
 exceed ``events.max_event_bytes`` (the worker rejects larger messages whole).
 
-Key: every message of one run carries the same key (``--key``, default the file's
-name), so the whole file lands on one partition, in file order. A worker runs one
-pipeline over what it consumes and drops events later than the allowed lateness; only
-file order gives it exactly the sequence ``coordwatch replay`` sees, hence the same
-alerts. (Spreading one source over partitions comes with keyed repartitioning.)
+Partitions: by default every message of one run carries the same key (``--key``, default
+the file's name), so the whole file lands on one partition, in file order. With ``spread``
+(``--spread``) the messages go round robin over the topic's partitions, unkeyed, as a busy
+bus spreads its input: each partition holds its share in file order, and the workers judge
+lateness per partition (``streams.stages.DetectStage``), so a file whose events are in
+order within the lateness bound gives the alerts of ``coordwatch replay`` either way.
 
 A line that is not a JSON object (bad JSON, an array, a number...) is sent alone, as it
 is, so the worker rejects exactly that line, as replay does, and not its neighbours.
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from detectors.replay import open_events
-from streams.broker import ensure_topics, kafka_python_settings
+from streams.broker import ensure_topics, kafka_python_settings, partition_counts
 from streams.config import Config
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ def send(
     config: Config,
     messages: Iterable[Message],
     *,
-    key: bytes,
+    key: bytes | None,
+    spread: bool = False,
     rate: float | None = None,
     topic: str | None = None,
     progress: Callable[[ProduceSummary], None] | None = None,
@@ -174,13 +176,15 @@ def send(
     event_time: Callable[[], float | None] | None = None,
 ) -> ProduceSummary:
     """Send ``messages`` to ``topic`` (default the first input topic), each once its clock
-    is due at ``rate`` events/s (or at once without a rate); waits for delivery.
+    is due at ``rate`` events/s (or at once without a rate), with ``key``, or with
+    ``spread`` round robin over the partitions; waits for delivery.
     ``progress`` is called with the running summary every ``progress_every_s`` and at the
     end (after delivery)."""
     from kafka import KafkaProducer
 
     topic = topic or config.topics.events[0]
     ensure_topics(config, [topic])
+    partitions = partition_counts(config, [topic])[topic] if spread else 0
     max_bytes = config.events.max_event_bytes
     producer = KafkaProducer(
         **kafka_python_settings(config.kafka),
@@ -195,7 +199,10 @@ def send(
     next_report = t0 + progress_every_s
     try:
         for message, n, clock in messages:
-            producer.send(topic, value=message, key=key)
+            if spread:
+                producer.send(topic, value=message, partition=out.messages % partitions)
+            else:
+                producer.send(topic, value=message, key=key)
             out.events += n
             out.messages += 1
             now = time.perf_counter()
@@ -226,12 +233,13 @@ def produce(
     envelope: int = 100,
     rate: float | None = None,
     key: str | None = None,
+    spread: bool = False,
     topic: str | None = None,
 ) -> ProduceSummary:
     """Send ``path`` to ``topic`` (default the first input topic); waits for delivery."""
     with open_events(path) as lines:
         messages = file_messages(lines, envelope, config.events.max_event_bytes)
-        return send(config, messages, key=(key or path.name).encode(), rate=rate, topic=topic)
+        return send(config, messages, key=(key or path.name).encode(), spread=spread, rate=rate, topic=topic)
 
 
 def produce_stream(

@@ -8,6 +8,7 @@ stages, sends what they return and snapshots them. The topology is described in
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from detectors.pipeline import (
     lateness_of,
     tick_json,
 )
+from sketches.protocol import pack, unpack
 from streams.config import Config
 from streams.metrics import EVENTS, REJECTED, SUPPRESSED, WATERMARK
 from streams.snapshots import Snapshot, SnapshotStore, snapshot_topic
@@ -143,6 +145,8 @@ class Stage(ABC):
         self.pending: list[EventT] = []  # consumed, in the state, not yet in a snapshot: unacked
         self.sent: list[Awaitable[Any]] = []  # deliveries caused by pending input
         self.fresh = False  # started without a snapshot and has taken nothing yet
+        self.dirty = False  # pending input changed more than soft state (see DetectStage.reports)
+        self.saved_at = -math.inf  # monotonic time of the last snapshot written
 
     @property
     def next_offset(self) -> int:
@@ -155,7 +159,8 @@ class Stage(ABC):
 
     @abstractmethod
     def _handle(self, msg: Any, value: bytes) -> Out:
-        """:meth:`handle` once the stage's own offset has moved."""
+        """:meth:`handle` once the stage's own offset has moved (sets :attr:`dirty` if it
+        changed more than soft state)."""
 
     @abstractmethod
     def state(self) -> bytes:
@@ -208,45 +213,83 @@ class ParseCache:
         return parsed
 
 
+#: a source's report (its high watermark when ingest last framed it or said it had nothing
+#: new) counts for this long, by the work messages' timestamps: ingest reports every
+#: ``REPORT_EVERY_S`` (``streams.app``), so a source whose ingest stopped soon holds again.
+#: Also how long a source behind its high watermark holds without progress (a new frame or
+#: a new high watermark): a partition that ends in a transaction marker never reaches it.
+REPORT_VALID_S = 10.0
+
+
+def source_key(src: tuple[str, int]) -> str:
+    """A Detection source name for an input partition (Kafka topic names have no ':')."""
+    return f"{src[0]}:{src[1]}"
+
+
 class DetectStage(Stage):
     """Work partition ``u``: detector ``u`` (:data:`WORK_ORDER`) over every event; the first
-    one also counts the events and dead-letters the rejections."""
+    one also counts the events and dead-letters the rejections.
+
+    Each input partition is a source of the :class:`Detection`, so an event is late only
+    against the events before it in its own partition. Ticks close up to the newest event
+    time of the slowest partition that may still have older input: one whose frames have not
+    reached the high watermark ingest last reported for it (while either moves), or
+    whose last report is older than ``REPORT_VALID_S``, or that has not reported at all
+    (``sources``: every input partition, from the broker). A partition that is caught up
+    holds nothing. So a backlog
+    read partition by partition in any interleaving makes no late event, and an idle or
+    empty partition does not stop the others. Every input to that rule (frames, reports,
+    the work messages' timestamps) is on the work topic: a restarted stage decides the same.
+    """
 
     KIND = "detect"
 
-    def __init__(self, config: Config, tp: TP, app: faust.App, parse: Parse) -> None:
+    def __init__(self, config: Config, tp: TP, app: faust.App, parse: Parse,
+                 sources: Sequence[tuple[str, int]]) -> None:  # fmt: skip
         self.detector = detector_names(config)[tp.partition]
         super().__init__(config, f"detect-{self.detector}", tp, app)
         self.parse = parse
         self.primary = tp.partition == 0  # counts events and reports rejections, once
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
         self.detection = Detection(enabled_detectors(config, [self.detector]), config.linking.tick_s, lateness)
+        self.sources = {source_key(s): s for s in sources}
+        self.reports: dict[str, tuple[int, float]] = {}  # source -> (high watermark, message timestamp)
+        self.progress: dict[str, float] = {}  # source -> timestamp of its last new input or new report
 
     def _handle(self, msg: Any, value: bytes) -> Out:
         src = (_header(msg, "source_topic").decode(), int(_header(msg, "source_partition") or 0))
+        key = source_key(src)
+        self.sources.setdefault(key, src)
+        now = float(msg.timestamp)
+        if highwater := _header(msg, "highwater"):
+            last = self.reports.get(key)
+            if last is None or last[0] != int(highwater) or last[1] < now - REPORT_VALID_S:
+                self.progress[key] = now  # more input to wait for (or a restarted ingest)
+            self.reports[key] = (int(highwater), now)
         offsets, keys, values = unpack_frames(value)
         done = self.offsets.get(src, 0)
         if offsets and offsets[0] < done:  # re-sent by an ingest that restarted: take the new part
             keep = [i for i, o in enumerate(offsets) if o >= done]
             offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
         out = Out()
-        if not offsets:
-            return out
-        self.offsets[src] = offsets[-1] + 1
-        events, rejected = self.parse(src, offsets, values)
-        if self.primary:
-            EVENTS.inc(len(events))
-            for i, r in rejected:
-                out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
-        late = self.detection.add(events)  # type: ignore[arg-type]
-        for e in late:
-            r = self.detection.late_rejection(e)
-            out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
+        if offsets:
+            self.offsets[src] = offsets[-1] + 1
+            self.progress[key] = now
+            self.dirty = True
+            events, rejected = self.parse(src, offsets, values)
+            if self.primary:
+                EVENTS.inc(len(events))
+                for i, r in rejected:
+                    out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
+            for e in self.detection.add(events, key):  # type: ignore[arg-type]
+                r = self.detection.late_rejection(e)
+                out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
+            if self.primary and events:
+                WATERMARK.set(self.detection.newest)
         before = self.detection.closed
-        found = self.detection.advance(self.detection.newest)
-        if self.primary and events:
-            WATERMARK.set(self.detection.newest)
+        found = self.detection.advance(self.watermark(now))
         if self.detection.closed > before:
+            self.dirty = True
             # a JSON head line, then one alert per line (their canonical bytes, as published)
             head = {"detector": self.detector, "offset": msg.offset, "closed": tick_json(self.detection.closed),
                     "at": [a.at for a in found]}  # fmt: skip
@@ -254,11 +297,27 @@ class DetectStage(Stage):
             out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
         return out
 
+    def watermark(self, now: float) -> float:
+        """The event time the ticks may close up to at a work message stamped ``now``."""
+        wm = self.detection.newest
+        for key, src in self.sources.items():
+            highwater, at = self.reports.get(key, (None, -math.inf))
+            since = now - REPORT_VALID_S
+            behind = highwater is not None and self.offsets.get(src, 0) < highwater and self.progress[key] >= since
+            if highwater is None or at < since or behind:
+                wm = min(wm, self.detection.newest_of(key))
+        return wm
+
     def state(self) -> bytes:
-        return self.detection.snapshot()
+        header = {"kind": "detect_stage", "version": 1, "reports": sorted([k, *v] for k, v in self.reports.items()),
+                  "progress": self.progress}  # fmt: skip
+        return pack(header, [np.frombuffer(self.detection.snapshot(), dtype=np.uint8)])
 
     def load(self, state: bytes) -> None:
-        self.detection.restore(state)
+        header, (detection,) = unpack(state, kind="detect_stage", version=1)
+        self.reports = {k: (h, at) for k, h, at in header["reports"]}
+        self.progress = dict(header["progress"])
+        self.detection.restore(detection.tobytes())
 
     @property
     def stats(self) -> Any:
@@ -281,6 +340,7 @@ class LinkStage(Stage):
         self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)
 
     def _handle(self, msg: Any, value: bytes) -> Out:
+        self.dirty = True
         lines = value.split(b"\n")
         body = orjson.loads(lines[0])
         source = (self.work, self.partition_of[body["detector"]])

@@ -107,7 +107,8 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
         "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
         worker_id, config.kafka.app_id, describe(config.kafka), config.kafka.web_host, port,
     )  # fmt: skip
-    app, _ = create_app(config, worker_id)
+    counts = partition_counts(config, list(t.events))
+    app, _ = create_app(config, worker_id, [(topic, p) for topic in t.events for p in range(counts[topic])])
     import faust
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)

@@ -130,6 +130,30 @@ def test_events_later_than_the_lateness_bound_are_kept_aside_not_processed() -> 
     assert {name: s["events"] for name, s in pipe.stats.items()} == {d.NAME: len(evs) for d in pipe.detectors}
 
 
+def test_an_event_is_late_against_the_events_before_it_in_its_source_however_batched() -> None:
+    """The same events are late in one batch as one by one: only the events before each in its
+    own source count, and another source far ahead makes none late while the ticks close
+    only up to the slowest source."""
+    evs = stream()[:20_000]
+    lateness, tick = Pipeline.from_config(Config()).detection.lateness, Config().linking.tick_s
+    old = [evs[100 * k]._replace(event_id=f"late-{k}", ts=evs[100 * k + 99].ts - lateness - 3 * tick) for k in range(1, 150)]  # after evs[100 k + 99]
+    mixed = [e for k in range(len(evs)) for e in ([evs[k], old[k // 100 - 1]] if k % 100 == 99 and 100 <= k < 15_000 else [evs[k]])]
+
+    def late(batches: list[list[Event]], sources: list[str]) -> list[Event]:
+        d = Detection(enabled_detectors(Config(), ["burst"]), tick, lateness)
+        out: list[Event] = []
+        for batch, src in zip(batches, sources):
+            out += d.add(batch, src)
+            d.advance(min(map(d.newest_of, set(sources))))
+        return out
+
+    assert late([mixed], ["a"]) == late([[e] for e in mixed], ["a"] * len(mixed)) == old
+    # source "b" runs a day ahead: "a"'s events are judged against "a"'s alone
+    ahead = [e._replace(event_id=f"b-{e.event_id}", ts=e.ts + 86_400) for e in evs]
+    chunks = [mixed[i : i + 500] for i in range(0, len(mixed), 500)]
+    assert late([ahead, *chunks], ["b", *["a"] * len(chunks)]) == old
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from("abc"), st.sampled_from("xy"), st.sampled_from(["post", "like"])),
                 max_size=40))  # fmt: skip

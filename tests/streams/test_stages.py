@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import faust
@@ -57,6 +58,7 @@ class Msg(NamedTuple):
     offset: int
     headers: list[tuple[str, bytes]]
     key: bytes | None = None
+    timestamp: float = 0.0  # when ingest sent it (seconds)
 
 
 @functools.cache
@@ -94,10 +96,12 @@ def drive(stage: Stage, msgs: list[Msg], values: list[bytes], cut: int | None = 
     return sent, stage
 
 
-def detect_stage(u: int) -> DetectStage:
+def detect_stage(u: int, partitions: int = 1) -> DetectStage:
     config = Config()
-    stage = DetectStage(config, TP(work_topic(config), u), APP, ParseCache(config.events.max_event_bytes))
-    stage._args = (config, stage.tp, APP, ParseCache(config.events.max_event_bytes))  # type: ignore[attr-defined]
+    args = (config, TP(work_topic(config), u), APP, ParseCache(config.events.max_event_bytes),
+            [("ev", p) for p in range(partitions)])  # fmt: skip
+    stage = DetectStage(*args)
+    stage._args = args  # type: ignore[attr-defined]
     return stage
 
 
@@ -151,3 +155,85 @@ def test_the_link_stage_over_every_detector_publishes_what_replay_does() -> None
     want = [a.to_json() for a in pipe.process(events) + pipe.advance(math.inf)]
     got = [v for _, _, v, _, _ in alerts]
     assert got == want[: len(got)] and len(got) >= 0.9 * len(want)  # the last ticks stay open in a stream
+
+
+# -- input spread over partitions -----------------------------------------------------------
+def spread_frames(partitions: int) -> list[list[tuple[list[int], bytes]]]:
+    """The input round robin over ``partitions`` (40 lines a message, as ``produce --spread``),
+    each partition cut into frames of 3 messages: per partition, (offsets, frame) in order."""
+    lines = input_lines()
+    messages = [lines[lo : lo + 40] for lo in range(0, len(lines), 40)]
+    out = []
+    for p in range(partitions):
+        mine = messages[p::partitions]
+        out.append([(list(range(i, min(i + 3, len(mine)))), pack_frames(list(range(i, min(i + 3, len(mine)))),
+                    [None] * len(mine[i : i + 3]), [b"[" + b",".join(m) + b"]" for m in mine[i : i + 3]]))
+                    for i in range(0, len(mine), 3)])  # fmt: skip
+    return out
+
+
+def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int]) -> tuple[list[Msg], list[bytes]]:
+    """The work partition when ingest framed the partitions in ``order`` (one partition
+    index per frame), one message a second, each reporting its partition's high watermark."""
+    nxt = [0] * len(frames)
+    msgs, values = [], []
+    for p in order:
+        _, frame = frames[p][nxt[p]]
+        nxt[p] += 1
+        highwater = frames[p][-1][0][-1] + 1
+        headers = [("source_topic", b"ev"), ("source_partition", str(p).encode()), ("highwater", str(highwater).encode())]
+        msgs.append(Msg(len(msgs), headers, timestamp=float(len(msgs))))
+        values.append(frame)
+    return msgs, values
+
+
+def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]:
+    alerts = [line for t, _, v, _, _ in sends if t.endswith(".link") for line in v.split(b"\n")[1:]]
+    return alerts, [x for x in sends if not x[0].endswith(".link")]
+
+
+def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving() -> None:
+    """Three partitions framed in turn, or one after another (a backlog that ingest reads
+    partition by partition): no event is late, and each detector finds what it finds on
+    the input in one partition."""
+    frames = spread_frames(3)
+    turns = [p for k in range(max(map(len, frames))) for p in range(3) if k < len(frames[p])]
+    backlog = [p for p in range(3) for _ in frames[p]]
+    for u, straight in detect_runs().items():
+        want, _ = alerts_and_dead_letters(straight)
+        for order in (turns, backlog):
+            sends, _ = drive(detect_stage(u, partitions=3), *work_messages(frames, order))
+            alerts, dead = alerts_and_dead_letters(sends)
+            assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
+            # once all three are caught up the ticks close to the newest event, as in one partition
+            assert alerts == want, f"detector {u}"
+
+
+def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stale_does() -> None:
+    frames = spread_frames(1)[0]
+    p0 = [("source_topic", b"ev"), ("source_partition", b"0"), ("highwater", str(frames[-1][0][-1] + 1).encode())]
+
+    def closed_after(report: Callable[[int], int | None]) -> float:
+        """Burst's last closed tick once partition 0 is read, one frame a second, each after
+        an empty frame of partition 1 reporting high watermark ``report(i)`` (None: no report)."""
+        stage = detect_stage(2, partitions=2)
+        msgs, values = [], []
+        for i, (_, frame) in enumerate(frames):
+            if (highwater := report(i)) is not None:
+                p1 = [("source_topic", b"ev"), ("source_partition", b"1"), ("highwater", str(highwater).encode())]
+                msgs.append(Msg(len(msgs), p1, timestamp=float(i)))
+                values.append(pack_frames([], [], []))
+            msgs.append(Msg(len(msgs), p0, timestamp=float(i)))
+            values.append(frame)
+        drive(stage, msgs, values)
+        return stage.detection.closed
+
+    assert closed_after(lambda i: None) == -math.inf  # partition 1 never reported: it may hold the oldest events
+    caught_up = closed_after(lambda i: 0)
+    assert caught_up > 0  # partition 1 is empty: the ticks close on partition 0's events
+    stale = closed_after(lambda i: 0 if i == 0 else None)  # its ingest stopped: it may have input again
+    assert -math.inf < stale < caught_up
+    # reports ahead of its frames: it holds while the reports move, and REPORT_VALID_S after
+    # (a partition that ends in a transaction marker never reaches its high watermark)
+    assert closed_after(lambda i: i + 1) == -math.inf
+    assert closed_after(lambda i: 1) == caught_up

@@ -270,6 +270,24 @@ def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_
     assert summarise(got) == expected
 
 
+def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late_event(
+    broker, tmp_path, procs, stream_file, expected
+):
+    """Ingest reads the partitions' backlogs in whatever interleaving its fetches make, hours
+    of event time apart: the ticks wait for the slowest partition, so nothing is late."""
+    s = Setup(broker, tmp_path, procs)
+    s.cli("produce", str(stream_file), "--spread")
+    _, records = read_topic(broker, s.events)
+    assert {r.partition for r in records} == {0, 1, 2, 3}
+    w = s.start_worker()
+    messages, valid = counts(stream_file)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages, 60, "the whole stream")
+    w.wait_for(lambda: len(s.alert_values()) >= len(expected), 30, "the alerts")
+    assert w.metric("coordwatch_events_total") == valid
+    s.assert_alerts_once(expected)
+    assert read_topic(broker, s.dlq)[0] == []
+
+
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     broker, tmp_path, procs, stream_file, expected
 ):
