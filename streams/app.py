@@ -69,7 +69,7 @@ from detectors.events import parse_message
 from detectors.pipeline import tune_gc
 from streams.broker import faust_settings
 from streams.config import Config
-from streams.metrics import ALERTS, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
+from streams.metrics import ALERTS, HELD, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_BYTES,
@@ -226,7 +226,7 @@ class Runner:
                 if stage is not None:
                     log.info("%s: partition %s revoked, state dropped", stage.name, tp)
                     await stage.store.stop()
-                    for gauge in (STATE_BYTES, SNAPSHOT_SECONDS):
+                    for gauge in (STATE_BYTES, SNAPSHOT_SECONDS, HELD):
                         with contextlib.suppress(KeyError):
                             gauge.remove(stage.name)
 

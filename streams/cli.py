@@ -340,11 +340,13 @@ def bench_replay(quick: bool) -> None:
 @click.option("--events", type=click.IntRange(min=1000),
               help="Events to generate (default 1 M; 100 k with --quick).")
 @click.option("--repeat", type=click.IntRange(min=1), help="Worker runs per setting, best taken (default 3; 1 with --quick).")
-def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None) -> None:
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="With --workers: the stream round robin over this many input partitions.")
+def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int) -> None:
     """End to end on the embedded broker: produce, raw aiokafka consume, worker(s); events/s beside the raw rate."""
     from streams.benchmarks.report import run_suite
 
-    run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat)
+    run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat, partitions=partitions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,3 +14,5 @@ LAG = Gauge("coordwatch_lag", "messages behind the partition end", ["topic", "pa
 STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot, per stage", ["stage"])
 SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot took, per stage", ["stage"])
 WATERMARK = Gauge("coordwatch_event_time", "newest event time seen (unix seconds)")
+HELD = Gauge("coordwatch_partitions_holding", "input partitions that may still send older events, holding back "
+             "a detect stage's ticks (not reported, behind their high watermark, or a stale report)", ["stage"])

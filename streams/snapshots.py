@@ -21,7 +21,7 @@ from streams.broker import aiokafka_settings
 from streams.config import Config
 
 CHUNK_BYTES = 512 * 1024
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 
 def snapshot_topic(config: Config, stage: str) -> str:

@@ -34,7 +34,7 @@ from detectors.pipeline import (
 )
 from sketches.protocol import pack, unpack
 from streams.config import Config
-from streams.metrics import EVENTS, REJECTED, SUPPRESSED, WATERMARK
+from streams.metrics import EVENTS, HELD, REJECTED, SUPPRESSED, WATERMARK
 from streams.snapshots import Snapshot, SnapshotStore, snapshot_topic
 
 log = logging.getLogger(__name__)
@@ -299,13 +299,15 @@ class DetectStage(Stage):
 
     def watermark(self, now: float) -> float:
         """The event time the ticks may close up to at a work message stamped ``now``."""
-        wm = self.detection.newest
+        wm, holding = self.detection.newest, 0
         for key, src in self.sources.items():
             highwater, at = self.reports.get(key, (None, -math.inf))
             since = now - REPORT_VALID_S
             behind = highwater is not None and self.offsets.get(src, 0) < highwater and self.progress[key] >= since
             if highwater is None or at < since or behind:
                 wm = min(wm, self.detection.newest_of(key))
+                holding += 1
+        HELD.labels(self.name).set(holding)
         return wm
 
     def state(self) -> bytes:

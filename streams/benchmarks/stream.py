@@ -23,7 +23,9 @@ events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) p
   ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
 
 ``--workers N`` (N > 1) runs N workers in one group against ONE worker by the same
-protocol, on one stream of the same events on one input partition: the workers share the
+protocol, on one stream of the same events on one input partition (``--partitions P``: round
+robin over P, so the workers share ingest too and the detect stages wait for the slowest
+partition, ``streams.stages.DetectStage``): the workers share the
 detector stages (see ``streams.app``: a work partition per detector and one link partition),
 so the N-worker run does the same work as the lone one, spread. The workers join their group
 on an EMPTY topic; once a marker (``[]``, a rejection) has reached every detector stage (each
@@ -368,14 +370,14 @@ class Bench:
                 w.proc.wait(10)
         self.workers.clear()
 
-    def start_workers(self, topic: str, n: int, run: str) -> tuple[list[Worker], str]:
+    def start_workers(self, topic: str, n: int, run: str, partitions: int = 1) -> tuple[list[Worker], str]:
         app_id = f"{self.tag}-{run}"
         alerts = f"{app_id}.alerts"
         data = self.tmp / app_id
         sets = [
             f"kafka.broker=kafka://{self.servers}", f"kafka.app_id={app_id}", f"kafka.data_dir={data}",
             f'topics.events=["{topic}"]', f"topics.alerts={alerts}", f"topics.dead_letter={app_id}.dlq",
-            "topics.partitions=1",
+            f"topics.partitions={partitions}",
         ]  # fmt: skip
         started = []
         for k in range(n):
@@ -470,9 +472,10 @@ class Bench:
             self.stop_workers()
 
     async def run_many(self, topic: str, envs: list[bytes], events: int, n: int, run: str,
-                       timeout_s: float) -> tuple[StreamRun, float]:
-        """N workers on one stream: join on an empty topic, pause, produce, resume."""
-        workers, alerts = self.start_workers(topic, n, run)
+                       timeout_s: float, partitions: int = 1) -> tuple[StreamRun, float]:
+        """N workers on one stream (round robin over ``partitions``): join on an empty
+        topic, pause, produce, resume."""
+        workers, alerts = self.start_workers(topic, n, run, partitions)
         try:
             t_spawn = min(w.spawned for w in workers)
             await produce(self.servers, topic, [[b"[]"]])  # an empty envelope: a rejection
@@ -493,7 +496,7 @@ class Bench:
             for w in workers:
                 w.proc.send_signal(signal.SIGSTOP)
             try:
-                produced_s = await produce(self.servers, topic, [envs])
+                produced_s = await produce(self.servers, topic, [envs[p::partitions] for p in range(partitions)])
             finally:
                 for w in workers:
                     w.proc.send_signal(signal.SIGCONT)
@@ -523,7 +526,8 @@ class Bench:
             self.stop_workers()
 
 
-async def _run(quick: bool, workers: int, events: int | None, repeat: int | None, out: Any) -> list[Row]:
+async def _run(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
+               out: Any) -> list[Row]:  # fmt: skip
     n_events = events or (QUICK_EVENTS if quick else FULL_EVENTS)
     runs = repeat or (1 if quick else 3)
     raw_runs = 3 if quick else 5
@@ -592,30 +596,31 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
                 rows.append(Row(f"  CPU during that run: {name}", cores, "cores"))
 
             if workers > 1:
-                rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say)
+                rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say, partitions)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
 def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat: int | None = None,
-        out: Any = None) -> list[Row]:
+        partitions: int = 1, out: Any = None) -> list[Row]:
     """The suite's rows; progress lines go to ``out`` (default stderr)."""
-    return asyncio.run(_run(quick, workers, events, repeat, out or sys.stderr))
+    return asyncio.run(_run(quick, workers, events, repeat, partitions, out or sys.stderr))
 
 
 async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,
-                say: Any) -> list[Row]:
-    """``workers`` workers in one group beside ONE worker, on the same stream (one input
-    partition), both by the same protocol (join on an empty topic, pause, produce, resume)."""
+                say: Any, partitions: int) -> list[Row]:
+    """``workers`` workers in one group beside ONE worker, on the same stream (its envelopes
+    round robin over ``partitions`` input partitions), both by the same protocol (join on an
+    empty topic, pause, produce, resume)."""
     envs = stream_envelopes(n_events)
     events = envelope_events(envs)
     results: dict[int, list[StreamRun]] = {1: [], workers: []}
     for i in range(runs):
         for n in (1, workers):  # interleaved, so a change in the machine's load hits both
             topic = f"{b.tag}.events-{n}w-{i}"
-            await create_topic(b.servers, topic, 1)
-            r, p_s = await b.run_many(topic, envs, events, n, f"many{n}-{i}", timeout_s)
+            await create_topic(b.servers, topic, partitions)
+            r, p_s = await b.run_many(topic, envs, events, n, f"many{n}-{i}", timeout_s, partitions)
             results[n].append(r)
             say(f"{n} worker(s), run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s "
                 f"from the first new input, {b.resume_lag_s:.2f} s after resuming; produced while paused in "
@@ -624,7 +629,8 @@ async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: flo
     lone = max(results[1], key=lambda r: r.events_per_s)
     many = max(results[workers], key=lambda r: r.events_per_s)
     rows = [
-        Row(f"end to end, {workers} workers in one group (one {events}-event stream, the detector stages shared)",
+        Row(f"end to end, {workers} workers in one group (one {events}-event stream on {partitions} partition(s), "
+            "the detector stages shared)",
             many.events_per_s, "events/s", key=f"stream{workers}_events_per_s"),
         Row("  1 worker on the same stream (same protocol)", lone.events_per_s, "events/s",
             key="stream1_events_per_s"),
