@@ -6,10 +6,10 @@ Three agents, each on its own topic, so that N workers in one group compute exac
   does not parse: it frames the input messages of a batch with their offsets into one
   message per input partition (at most ``FRAME_BYTES``) and sends a copy to every partition
   of the *work topic* ``<app_id>.work``, then acks the input. Messages larger than
-  ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries its
-  input partition's high watermark, and every ``REPORT_EVERY_S`` ingest sends an empty frame
-  per assigned input partition with it: how the detect stages tell a partition that may
-  still send older events from one with nothing new (``DetectStage``).
+  ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries the
+  high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S`` ingest
+  sends them alone (an empty frame): how the detect stages tell a partition that may still
+  send older events from one with nothing new (``DetectStage``).
 * **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector in
   :data:`~streams.stages.WORK_ORDER` (near_duplicate, co_action, burst) as one
   :class:`~detectors.pipeline.Detection` over every event, in event time. The work is cut
@@ -84,6 +84,7 @@ from streams.stages import (
     link_topic,
     max_message_bytes,
     pack_frames,
+    pack_highwaters,
     work_topic,
 )
 from streams.worker import fatal, started_ago
@@ -136,7 +137,7 @@ class Runner:
             values.append(value)
         for tp, (offsets, keys, values) in by_tp.items():
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
-                futures += await self._frame(tp, pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi]))
+                futures += await self._frame(pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi]), tp)
             LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
         await asyncio.gather(*futures)
         stream = self.streams["ingest"]
@@ -144,21 +145,32 @@ class Runner:
             await stream.ack(ev)
 
     async def report(self) -> None:
-        """An empty frame per assigned input partition: its high watermark, for the detect
-        stages to tell a partition with nothing new from one whose input is still coming."""
-        events = set(self.config.topics.events)
-        futures: list[Awaitable[Any]] = []
-        for tp in sorted(self.app.consumer.assignment()):
-            if tp.topic in events:
-                futures += await self._frame(tp, pack_frames([], [], []))
-        await asyncio.gather(*futures)
+        """The input partitions' high watermarks alone (an empty frame of no partition), for
+        the detect stages to tell a partition with nothing new from one whose input is coming."""
+        if self._highwaters():
+            await asyncio.gather(*await self._frame(pack_frames([], [], []), None))
 
-    async def _frame(self, tp: TP, frame: bytes) -> list[Awaitable[Any]]:
-        """Send ``frame`` (of input partition ``tp``) to every work partition, stamped with
-        ``tp``'s high watermark if the consumer knows it."""
-        headers = [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
-        if (highwater := self.app.consumer.highwater(tp)) is not None:
-            headers.append(("highwater", str(highwater).encode()))
+    def _highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """The high watermark of every input partition assigned here that the consumer knows,
+        and when it learnt it (aiokafka's time of the partition's last fetch response)."""
+        events = set(self.config.topics.events)
+        client = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # aiokafka's
+        out = {}
+        for tp in self.app.consumer.assignment():
+            if tp.topic in events:
+                with contextlib.suppress(AssertionError):  # revoked meanwhile
+                    highwater, ms = client.highwater(tp), client.last_poll_timestamp(tp)
+                    if highwater is not None and ms is not None:
+                        out[(tp.topic, tp.partition)] = (highwater, ms / 1000)
+        return out
+
+    async def _frame(self, frame: bytes, tp: TP | None) -> list[Awaitable[Any]]:
+        """Send ``frame`` (of input partition ``tp``) to every work partition, with the high
+        watermarks of this ingest's partitions: data fetched for one partition may come with
+        news that another has more."""
+        headers = [("highwaters", pack_highwaters(self._highwaters()))]
+        if tp is not None:
+            headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
         topic = work_topic(self.config)
         return [await self._send((topic, None, frame, u, headers)) for u in range(self.work_partitions)]
 

@@ -7,6 +7,7 @@ stages, sends what they return and snapshots them. The topology is described in
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import struct
@@ -213,12 +214,19 @@ class ParseCache:
         return parsed
 
 
-#: a source's report (its high watermark when ingest last framed it or said it had nothing
-#: new) counts for this long, by the work messages' timestamps: ingest reports every
-#: ``REPORT_EVERY_S`` (``streams.app``), so a source whose ingest stopped soon holds again.
-#: Also how long a source behind its high watermark holds without progress (a new frame or
-#: a new high watermark): a partition that ends in a transaction marker never reaches it.
+#: a source's report (its high watermark, and when the ingest reading it learnt it from a
+#: fetch: every frame carries those of all its ingest's partitions, and ingest sends them
+#: alone every ``REPORT_EVERY_S``, ``streams.app``) counts for this long, by the work
+#: messages' timestamps: a source whose ingest stopped, or stopped fetching, soon holds again
 REPORT_VALID_S = 10.0
+#: how long a source behind its high watermark holds without progress (a new frame or a new
+#: high watermark): a partition that ends in a transaction marker never reaches it, so when
+#: it goes quiet it delays the ticks this long (ingest reads every partition it has at once,
+#: so a partition with input does not go this long without a frame)
+STALL_S = 60.0
+
+#: an input partition's high watermark and the time (unix seconds) its ingest learnt it
+Report = tuple[int, float]
 
 
 def source_key(src: tuple[str, int]) -> str:
@@ -226,20 +234,37 @@ def source_key(src: tuple[str, int]) -> str:
     return f"{src[0]}:{src[1]}"
 
 
+def pack_highwaters(reports: dict[tuple[str, int], Report]) -> bytes:
+    """The ``highwaters`` header: ``topic:partition=offset@milliseconds`` for each, comma-separated."""
+    return ",".join(f"{source_key(tp)}={h}@{round(t * 1000)}" for tp, (h, t) in sorted(reports.items())).encode()
+
+
+def parse_highwaters(header: bytes) -> list[tuple[tuple[str, int], Report]]:
+    out = []
+    for item in filter(None, header.decode().split(",")):
+        key, _, report = item.rpartition("=")
+        topic, _, partition = key.rpartition(":")
+        highwater, _, ms = report.partition("@")
+        out.append(((topic, int(partition)), (int(highwater), int(ms) / 1000)))
+    return out
+
+
 class DetectStage(Stage):
     """Work partition ``u``: detector ``u`` (:data:`WORK_ORDER`) over every event; the first
     one also counts the events and dead-letters the rejections.
 
     Each input partition is a source of the :class:`Detection`, so an event is late only
-    against the events before it in its own partition. Ticks close up to the newest event
-    time of the slowest partition that may still have older input: one whose frames have not
-    reached the high watermark ingest last reported for it (while either moves), or
-    whose last report is older than ``REPORT_VALID_S``, or that has not reported at all
-    (``sources``: every input partition, from the broker). A partition that is caught up
-    holds nothing. So a backlog
-    read partition by partition in any interleaving makes no late event, and an idle or
-    empty partition does not stop the others. Every input to that rule (frames, reports,
-    the work messages' timestamps) is on the work topic: a restarted stage decides the same.
+    against the events before it in its own partition. Ticks close only as far as no
+    partition may still send older events. A partition *holds* at its newest event time if
+    it has not reported (``sources``: every input partition, from the broker), if its report
+    is older than ``REPORT_VALID_S``, or if its frames are behind the high watermark it
+    reported (unless neither has moved for ``STALL_S``). A caught-up partition holds at what
+    it has vouched for: the newest event time of the frames sent before its ingest learnt its
+    high watermark (data sent to it after that is unknown). So a backlog read in any
+    interleaving, arriving on every partition at once and read by several ingests, makes no
+    late event, and an idle or empty partition does not stop the others. Every input to that
+    rule (frames, reports, the work messages' timestamps) is on the work topic: a restarted
+    stage decides the same.
     """
 
     KIND = "detect"
@@ -253,39 +278,23 @@ class DetectStage(Stage):
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
         self.detection = Detection(enabled_detectors(config, [self.detector]), config.linking.tick_s, lateness)
         self.sources = {source_key(s): s for s in sources}
-        self.reports: dict[str, tuple[int, float]] = {}  # source -> (high watermark, message timestamp)
+        self.reports: dict[str, Report] = {}
         self.progress: dict[str, float] = {}  # source -> timestamp of its last new input or new report
+        self.history: list[tuple[float, float]] = []  # (frame timestamp, newest event time after it), recent
 
     def _handle(self, msg: Any, value: bytes) -> Out:
-        src = (_header(msg, "source_topic").decode(), int(_header(msg, "source_partition") or 0))
-        key = source_key(src)
-        self.sources.setdefault(key, src)
         now = float(msg.timestamp)
-        if highwater := _header(msg, "highwater"):
+        for src, report in parse_highwaters(_header(msg, "highwaters")):
+            key = source_key(src)
+            self.sources.setdefault(key, src)
             last = self.reports.get(key)
-            if last is None or last[0] != int(highwater) or last[1] < now - REPORT_VALID_S:
+            if last is None or last[0] != report[0] or last[1] < now - REPORT_VALID_S:
                 self.progress[key] = now  # more input to wait for (or a restarted ingest)
-            self.reports[key] = (int(highwater), now)
-        offsets, keys, values = unpack_frames(value)
-        done = self.offsets.get(src, 0)
-        if offsets and offsets[0] < done:  # re-sent by an ingest that restarted: take the new part
-            keep = [i for i, o in enumerate(offsets) if o >= done]
-            offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
+            if last is None or report[1] >= last[1]:
+                self.reports[key] = report
         out = Out()
-        if offsets:
-            self.offsets[src] = offsets[-1] + 1
-            self.progress[key] = now
-            self.dirty = True
-            events, rejected = self.parse(src, offsets, values)
-            if self.primary:
-                EVENTS.inc(len(events))
-                for i, r in rejected:
-                    out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
-            for e in self.detection.add(events, key):  # type: ignore[arg-type]
-                r = self.detection.late_rejection(e)
-                out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
-            if self.primary and events:
-                WATERMARK.set(self.detection.newest)
+        if topic := _header(msg, "source_topic"):  # else a report alone
+            self._take(msg, (topic.decode(), int(_header(msg, "source_partition"))), value, now, out)
         before = self.detection.closed
         found = self.detection.advance(self.watermark(now))
         if self.detection.closed > before:
@@ -297,28 +306,64 @@ class DetectStage(Stage):
             out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
         return out
 
+    def _take(self, msg: Any, src: tuple[str, int], value: bytes, now: float, out: Out) -> None:
+        """The new input of a frame of input partition ``src`` into the detection."""
+        key = source_key(src)
+        self.sources.setdefault(key, src)
+        offsets, keys, values = unpack_frames(value)
+        done = self.offsets.get(src, 0)
+        if offsets and offsets[0] < done:  # re-sent by an ingest that restarted: take the new part
+            keep = [i for i, o in enumerate(offsets) if o >= done]
+            offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
+        if not offsets:
+            return
+        self.offsets[src] = offsets[-1] + 1
+        self.progress[key] = now
+        self.dirty = True
+        events, rejected = self.parse(src, offsets, values)
+        if self.primary:
+            EVENTS.inc(len(events))
+            for i, r in rejected:
+                out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
+        for e in self.detection.add(events, key):  # type: ignore[arg-type]
+            r = self.detection.late_rejection(e)
+            out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
+        if self.primary and events:
+            WATERMARK.set(self.detection.newest)
+        if events:
+            self.history.append((now, self.detection.newest))
+        # a usable cover is at most REPORT_VALID_S old: keep the entry before that, and later ones
+        old = bisect.bisect_right(self.history, (now - REPORT_VALID_S, math.inf)) - 1
+        if old > 0:
+            del self.history[:old]
+
     def watermark(self, now: float) -> float:
         """The event time the ticks may close up to at a work message stamped ``now``."""
-        wm, holding = self.detection.newest, 0
+        wm, holding, cover = self.detection.newest, 0, math.inf
         for key, src in self.sources.items():
-            highwater, at = self.reports.get(key, (None, -math.inf))
-            since = now - REPORT_VALID_S
-            behind = highwater is not None and self.offsets.get(src, 0) < highwater and self.progress[key] >= since
-            if highwater is None or at < since or behind:
+            highwater, known = self.reports.get(key, (None, -math.inf))
+            behind = highwater is not None and self.offsets.get(src, 0) < highwater
+            if highwater is None or known < now - REPORT_VALID_S or behind and self.progress[key] >= now - STALL_S:
                 wm = min(wm, self.detection.newest_of(key))
                 holding += 1
+            else:
+                cover = min(cover, known)
+        if cover < math.inf:  # the newest event time of the frames sent before ``cover``
+            at = bisect.bisect_right(self.history, (cover, math.inf)) - 1
+            wm = min(wm, self.history[at][1] if at >= 0 else -math.inf)
         HELD.labels(self.name).set(holding)
         return wm
 
     def state(self) -> bytes:
         header = {"kind": "detect_stage", "version": 1, "reports": sorted([k, *v] for k, v in self.reports.items()),
-                  "progress": self.progress}  # fmt: skip
+                  "progress": self.progress, "history": self.history}  # fmt: skip
         return pack(header, [np.frombuffer(self.detection.snapshot(), dtype=np.uint8)])
 
     def load(self, state: bytes) -> None:
         header, (detection,) = unpack(state, kind="detect_stage", version=1)
-        self.reports = {k: (h, at) for k, h, at in header["reports"]}
+        self.reports = {k: (h, known) for k, h, known in header["reports"]}
         self.progress = dict(header["progress"])
+        self.history = [(t, n) for t, n in header["history"]]
         self.detection.restore(detection.tobytes())
 
     @property

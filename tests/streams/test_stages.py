@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -27,6 +27,8 @@ from streams.stages import (
     detector_names,
     link_topic,
     pack_frames,
+    pack_highwaters,
+    parse_highwaters,
     unpack_frames,
     work_topic,
 )
@@ -172,17 +174,26 @@ def spread_frames(partitions: int) -> list[list[tuple[list[int], bytes]]]:
     return out
 
 
-def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int]) -> tuple[list[Msg], list[bytes]]:
-    """The work partition when ingest framed the partitions in ``order`` (one partition
-    index per frame), one message a second, each reporting its partition's high watermark."""
+def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
+                  ingests: list[list[int]] | None = None) -> tuple[list[Msg], list[bytes]]:  # fmt: skip
+    """The work partition when ``ingests`` (default one, reading every partition) framed the
+    partitions in ``order`` (one partition index per frame), four messages a second, each
+    with the high watermarks of its ingest's partitions, after a report of each ingest from
+    before the input came (every partition empty)."""
+    ingests = ingests or [list(range(len(frames)))]
+    ends = {("ev", p): f[-1][0][-1] + 1 for p, f in enumerate(frames)}
     nxt = [0] * len(frames)
-    msgs, values = [], []
+    msgs = [Msg(i, [("highwaters", pack_highwaters({("ev", p): (0, 0.0) for p in mine}))], timestamp=0.0)
+            for i, mine in enumerate(ingests)]  # fmt: skip
+    values = [pack_frames([], [], [])] * len(ingests)
     for p in order:
         _, frame = frames[p][nxt[p]]
         nxt[p] += 1
-        highwater = frames[p][-1][0][-1] + 1
-        headers = [("source_topic", b"ev"), ("source_partition", str(p).encode()), ("highwater", str(highwater).encode())]
-        msgs.append(Msg(len(msgs), headers, timestamp=float(len(msgs))))
+        at = len(msgs) / 4  # ingest learnt the high watermarks from a fetch just now
+        mine = next(m for m in ingests if p in m)
+        headers = [("highwaters", pack_highwaters({("ev", q): (ends[("ev", q)], at) for q in mine})),
+                   ("source_topic", b"ev"), ("source_partition", str(p).encode())]  # fmt: skip
+        msgs.append(Msg(len(msgs), headers, timestamp=at))
         values.append(frame)
     return msgs, values
 
@@ -194,15 +205,17 @@ def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]
 
 def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving() -> None:
     """Three partitions framed in turn, or one after another (a backlog that ingest reads
-    partition by partition): no event is late, and each detector finds what it finds on
-    the input in one partition."""
+    partition by partition), or by two ingests of which one starts late: no event is late,
+    and each detector finds what it finds on the input in one partition."""
     frames = spread_frames(3)
     turns = [p for k in range(max(map(len, frames))) for p in range(3) if k < len(frames[p])]
     backlog = [p for p in range(3) for _ in frames[p]]
+    # two ingests; the one reading partition 2 fetches only once the other is through
+    late_one = [p for k in range(max(map(len, frames))) for p in range(2) if k < len(frames[p])] + [2] * len(frames[2])
     for u, straight in detect_runs().items():
         want, _ = alerts_and_dead_letters(straight)
-        for order in (turns, backlog):
-            sends, _ = drive(detect_stage(u, partitions=3), *work_messages(frames, order))
+        for order, ingests in ((turns, None), (backlog, None), (late_one, [[0, 1], [2]])):
+            sends, _ = drive(detect_stage(u, partitions=3), *work_messages(frames, order, ingests))
             alerts, dead = alerts_and_dead_letters(sends)
             assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
             # once all three are caught up the ticks close to the newest event, as in one partition
@@ -211,19 +224,19 @@ def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_i
 
 def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stale_does() -> None:
     frames = spread_frames(1)[0]
-    p0 = [("source_topic", b"ev"), ("source_partition", b"0"), ("highwater", str(frames[-1][0][-1] + 1).encode())]
+    end = frames[-1][0][-1] + 1
 
     def closed_after(report: Callable[[int], int | None]) -> float:
         """Burst's last closed tick once partition 0 is read, one frame a second, each after
-        an empty frame of partition 1 reporting high watermark ``report(i)`` (None: no report)."""
+        a report of partition 1's high watermark ``report(i)`` from its ingest (None: none)."""
         stage = detect_stage(2, partitions=2)
         msgs, values = [], []
         for i, (_, frame) in enumerate(frames):
             if (highwater := report(i)) is not None:
-                p1 = [("source_topic", b"ev"), ("source_partition", b"1"), ("highwater", str(highwater).encode())]
-                msgs.append(Msg(len(msgs), p1, timestamp=float(i)))
+                msgs.append(Msg(len(msgs), [("highwaters", pack_highwaters({("ev", 1): (highwater, i)}))], timestamp=i))
                 values.append(pack_frames([], [], []))
-            msgs.append(Msg(len(msgs), p0, timestamp=float(i)))
+            p0 = [("highwaters", pack_highwaters({("ev", 0): (end, i)})), ("source_topic", b"ev"), ("source_partition", b"0")]
+            msgs.append(Msg(len(msgs), p0, timestamp=i))
             values.append(frame)
         drive(stage, msgs, values)
         return stage.detection.closed
@@ -233,7 +246,14 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
     assert caught_up > 0  # partition 1 is empty: the ticks close on partition 0's events
     stale = closed_after(lambda i: 0 if i == 0 else None)  # its ingest stopped: it may have input again
     assert -math.inf < stale < caught_up
-    # reports ahead of its frames: it holds while the reports move, and REPORT_VALID_S after
+    # reports ahead of its frames: it holds while the reports move, and STALL_S after
     # (a partition that ends in a transaction marker never reaches its high watermark)
     assert closed_after(lambda i: i + 1) == -math.inf
     assert closed_after(lambda i: 1) == caught_up
+
+
+@given(st.dictionaries(st.tuples(st.from_regex(r"[A-Za-z0-9._-]{1,20}", fullmatch=True), st.integers(0, 10_000)),
+                       st.tuples(st.integers(0, 2**62), st.integers(0, 2**45).map(lambda ms: ms / 1000)),
+                       max_size=8))  # fmt: skip
+def test_highwaters_header_gives_back_the_partitions_offsets_and_times(reports: dict[tuple[str, int], Any]) -> None:
+    assert dict(parse_highwaters(pack_highwaters(reports))) == reports
