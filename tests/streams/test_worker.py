@@ -340,11 +340,14 @@ def stages(w: Worker) -> set[str]:
 
 
 def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream_file, expected):
+    """Idle workers, then the whole stream at once on four partitions, two per worker's ingest:
+    each detect stage waits until both ingests have seen their partitions' backlog."""
     s = Setup(broker, tmp_path, procs)
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
-    s.cli("produce", str(stream_file))
+    s.cli("produce", str(stream_file), "--spread")
     w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the alerts")
     s.assert_alerts_once(expected)
+    assert read_topic(broker, s.dlq)[0] == []
     held = [stages(w1), stages(w2)]
     print(f"stages: w1 {sorted(held[0])}, w2 {sorted(held[1])}")
     assert all(held), "one worker held no stage: the work was not shared"
