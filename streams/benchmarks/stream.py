@@ -18,8 +18,10 @@ events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) p
   under a temp dir), timed from its first input consumed (from its log line; its start-up,
   spawn -> first input, is reported apart: imports, Faust's 1 s wait for tables and the
   group join, ~session_timeout/2) until its Prometheus ``coordwatch_events_total`` (plus
-  rejects) reaches the produced count and its alerts stop growing (metric and topic end
-  offsets unchanged for ``QUIET_S``; the end is the last change). Best of a few.
+  rejects) reaches the produced count and it has published as many alerts as the plain
+  loop made of the same stream (then quiet: metric and topic end offsets unchanged for
+  ``QUIET_S``; the end is the last change; short of them for ``SHORT_S``, the bench fails).
+  Best of a few.
   ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
 
 ``--workers N`` (N > 1) runs N workers in one group against ONE worker by the same
@@ -70,6 +72,9 @@ FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 SEED = 0
 QUIET_S = 1.5  # "alerts stopped growing": nothing new on the topic nor in the metric for this long
+#: with the alert count known (the plain loop's), how long the alerts may stay short of it
+#: once every event is in: a stage waiting for input that never comes, or lost alerts
+SHORT_S = 60.0
 POLL_S = 0.05
 REPO = Path(__file__).resolve().parents[2]
 
@@ -406,8 +411,9 @@ class Bench:
         return sum(ends.values())
 
     async def watch(self, workers: list[Worker], alerts: str, events: int, started: float,
-                    cpu: Cpu | None, timeout_s: float) -> StreamRun:
-        """Poll until the workers hold ``events`` events and their alerts are quiet."""
+                    cpu: Cpu | None, timeout_s: float, want: int) -> StreamRun:
+        """Poll until the workers hold ``events`` events and have published ``want`` alerts
+        (the plain loop's: the same stream gives the same alerts), then are quiet."""
         from aiokafka import AIOKafkaConsumer
 
         reader = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None, client_id="coordwatch-bench-watch")
@@ -433,8 +439,11 @@ class Bench:
                     t_done = now
                     if t_done >= last_change:
                         at_end = sample
-                if t_done is not None and now - max(t_done, last_change) >= QUIET_S:
+                if t_done is not None and now - max(t_done, last_change) >= QUIET_S and last[1] >= want:
                     break
+                if t_done is not None and now - max(t_done, last_change) >= SHORT_S:
+                    raise RuntimeError(f"{last[1]:.0f} alerts published, but the plain loop made {want} "
+                                       f"of the same stream: none more for {SHORT_S:.0f} s")
                 if now > deadline:
                     raise RuntimeError(f"timed out after {timeout_s:.0f} s: {seen:.0f} of {events} events consumed")
                 await asyncio.sleep(POLL_S)
@@ -444,7 +453,7 @@ class Bench:
         finally:
             await reader.stop()
 
-    async def run_one(self, topic: str, events: int, run: str, timeout_s: float) -> StreamRun:
+    async def run_one(self, topic: str, events: int, run: str, timeout_s: float, want: int) -> StreamRun:
         """One worker on a topic already holding ``events`` events: clock from its first input."""
         (w,), alerts = self.start_workers(topic, 1, run)
         try:
@@ -464,7 +473,7 @@ class Bench:
             # the log says when the first input came (process start + start-up); the
             # poll can only be later. The clock starts at the earlier of the two.
             first = min(polled, w.spawned + logged) if logged is not None else polled
-            out = await self.watch([w], alerts, events, first, cpu, timeout_s)
+            out = await self.watch([w], alerts, events, first, cpu, timeout_s, want)
             out.startup_s = first - w.spawned
             out.detail = f"(events counted: {out.events})"
             return out
@@ -472,7 +481,7 @@ class Bench:
             self.stop_workers()
 
     async def run_many(self, topic: str, envs: list[bytes], events: int, n: int, run: str,
-                       timeout_s: float, partitions: int = 1) -> tuple[StreamRun, float]:
+                       timeout_s: float, want: int, partitions: int = 1) -> tuple[StreamRun, float]:
         """N workers on one stream (round robin over ``partitions``): join on an empty
         topic, pause, produce, resume."""
         workers, alerts = self.start_workers(topic, n, run, partitions)
@@ -514,7 +523,7 @@ class Bench:
             self.resume_lag_s = t0 - resumed
             procs = {"broker": self.broker.proc.pid} | {f"worker {w.worker_id}": w.proc.pid for w in workers}
             procs["bench (this process)"] = os.getpid()
-            out = await self.watch(workers, alerts, events + base, t0, Cpu(procs), timeout_s)  # type: ignore[arg-type]
+            out = await self.watch(workers, alerts, events + base, t0, Cpu(procs), timeout_s, want)  # type: ignore[arg-type]
             out.events -= int(base)
             out.startup_s = startup
             out.detail = "stages: " + "; ".join(
@@ -578,7 +587,7 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
 
             ones: list[StreamRun] = []
             for i in range(runs):
-                r = await b.run_one(topic, n_events, f"one{i}", timeout_s)
+                r = await b.run_one(topic, n_events, f"one{i}", timeout_s, int(loop["alerts"]))
                 ones.append(r)
                 say(f"1 worker, run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s from first input), "
                     f"start-up {r.startup_s:.2f} s, {r.alerts} alerts, cores "
@@ -596,7 +605,8 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
                 rows.append(Row(f"  CPU during that run: {name}", cores, "cores"))
 
             if workers > 1:
-                rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say, partitions)
+                rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say, partitions,
+                                    int(loop["alerts"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -609,7 +619,7 @@ def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat
 
 
 async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,
-                say: Any, partitions: int) -> list[Row]:
+                say: Any, partitions: int, want: int) -> list[Row]:
     """``workers`` workers in one group beside ONE worker, on the same stream (its envelopes
     round robin over ``partitions`` input partitions), both by the same protocol (join on an
     empty topic, pause, produce, resume)."""
@@ -620,7 +630,7 @@ async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: flo
         for n in (1, workers):  # interleaved, so a change in the machine's load hits both
             topic = f"{b.tag}.events-{n}w-{i}"
             await create_topic(b.servers, topic, partitions)
-            r, p_s = await b.run_many(topic, envs, events, n, f"many{n}-{i}", timeout_s, partitions)
+            r, p_s = await b.run_many(topic, envs, events, n, f"many{n}-{i}", timeout_s, want, partitions)
             results[n].append(r)
             say(f"{n} worker(s), run {i + 1}: {r.events_per_s:,.0f} events/s ({r.seconds:.2f} s "
                 f"from the first new input, {b.resume_lag_s:.2f} s after resuming; produced while paused in "

@@ -136,8 +136,12 @@ def test_an_event_is_late_against_the_events_before_it_in_its_source_however_bat
     only up to the slowest source."""
     evs = stream()[:20_000]
     lateness, tick = Pipeline.from_config(Config()).detection.lateness, Config().linking.tick_s
-    old = [evs[100 * k]._replace(event_id=f"late-{k}", ts=evs[100 * k + 99].ts - lateness - 3 * tick) for k in range(1, 150)]  # after evs[100 k + 99]
-    mixed = [e for k in range(len(evs)) for e in ([evs[k], old[k // 100 - 1]] if k % 100 == 99 and 100 <= k < 15_000 else [evs[k]])]
+    # late-k goes right after evs[100 k + 99], more than the bound behind it
+    old = [evs[100 * k]._replace(event_id=f"late-{k}", ts=evs[100 * k + 99].ts - lateness - 3 * tick)
+           for k in range(1, 150)]  # fmt: skip
+    mixed = list(evs)
+    for k in range(149, 0, -1):
+        mixed.insert(100 * k + 100, old[k - 1])
 
     def late(batches: list[list[Event]], sources: list[str]) -> list[Event]:
         d = Detection(enabled_detectors(Config(), ["burst"]), tick, lateness)

@@ -235,7 +235,8 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
             if (highwater := report(i)) is not None:
                 msgs.append(Msg(len(msgs), [("highwaters", pack_highwaters({("ev", 1): (highwater, i)}))], timestamp=i))
                 values.append(pack_frames([], [], []))
-            p0 = [("highwaters", pack_highwaters({("ev", 0): (end, i)})), ("source_topic", b"ev"), ("source_partition", b"0")]
+            p0 = [("highwaters", pack_highwaters({("ev", 0): (end, i)})),
+                  ("source_topic", b"ev"), ("source_partition", b"0")]  # fmt: skip
             msgs.append(Msg(len(msgs), p0, timestamp=i))
             values.append(frame)
         drive(stage, msgs, values)
