@@ -120,6 +120,8 @@ def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path, summary_json: Path |
 @click.option("--accounts", default=20_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--envelope", type=click.IntRange(min=1),
               help="With --to-kafka: events per message (default 100; 1 = one plain event per message).")
+@click.option("--spread", is_flag=True,
+              help="With --to-kafka: unkeyed, round robin over the topic's partitions (default: one key, one partition).")
 @click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
 @click.option("--json-status", is_flag=True, hidden=True,
               help="With --to-kafka: a JSON status line on stdout every second and at the end (for coordwatch demo).")
@@ -128,15 +130,16 @@ def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path, summary_json: Path |
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="With --to-kafka: override one key (repeatable); the value is read as a TOML literal.")
 def generate_cmd(out: Path | None, to_kafka: bool, seed: int, hours: float, rate: float | None, accounts: int,
-                 envelope: int | None, progress: bool, json_status: bool, config_file: str | None,
+                 envelope: int | None, spread: bool, progress: bool, json_status: bool, config_file: str | None,
                  preset: str | None, sets: tuple[str, ...]) -> None:
     """A labelled synthetic stream: DIR/events.jsonl and DIR/labels.json, or (--to-kafka)
     sent to the input topic as batch envelopes at --rate events/s; prints events/s."""
     if to_kafka == (out is not None):
         raise click.UsageError("give either --out DIR or --to-kafka")
     if not to_kafka:
-        unused = [name for name, v in (("--envelope", envelope), ("--config", config_file), ("--preset", preset),
-                                       ("--set", sets or None), ("--json-status", json_status or None)) if v]
+        unused = [name for name, v in (("--envelope", envelope), ("--spread", spread or None), ("--config", config_file),
+                                       ("--preset", preset), ("--set", sets or None),
+                                       ("--json-status", json_status or None)) if v]  # fmt: skip
         if unused:
             raise click.UsageError(f"{', '.join(unused)}: only with --to-kafka")
         from detectors.synthetic import DEFAULT_RATE, generate
@@ -154,11 +157,12 @@ def generate_cmd(out: Path | None, to_kafka: bool, seed: int, hours: float, rate
         )
         return
     _generate_to_kafka(cfg.load(config_file, preset=preset, sets=sets).config, seed=seed, hours=hours, rate=rate,
-                       accounts=accounts, envelope=envelope or 100, progress=progress, json_status=json_status)
+                       accounts=accounts, envelope=envelope or 100, spread=spread, progress=progress,
+                       json_status=json_status)  # fmt: skip
 
 
 def _generate_to_kafka(config: cfg.Config, *, seed: int, hours: float, rate: float | None, accounts: int,
-                       envelope: int, progress: bool, json_status: bool) -> None:
+                       envelope: int, spread: bool, progress: bool, json_status: bool) -> None:
     import time
     from datetime import UTC, datetime
 
@@ -184,7 +188,7 @@ def _generate_to_kafka(config: cfg.Config, *, seed: int, hours: float, rate: flo
             when = datetime.fromtimestamp(s.event_time, UTC).strftime("%Y-%m-%d %H:%M") if s.event_time else "-"
             click.echo(f"generate: {s.events:,} events sent ({s.events_per_s:,.0f}/s), event time {when} UTC", err=True)
 
-    summary = produce_stream(config, stream, envelope=envelope, rate=rate, topic=topic,
+    summary = produce_stream(config, stream, envelope=envelope, rate=rate, spread=spread, topic=topic,
                              progress=report if (json_status or progress) else None)
     span_s = (stream.end_ms - stream.start_ms) / 1000
     click.echo(f"{summary.format()}; {hours:g} h of event time in {summary.seconds:.1f} s "

@@ -249,17 +249,19 @@ def produce_stream(
     envelope: int = 100,
     rate: float | None = None,
     key: str | None = None,
+    spread: bool = False,
     topic: str | None = None,
     progress: Callable[[ProduceSummary], None] | None = None,
     progress_every_s: float = 1.0,
 ) -> ProduceSummary:
     """Send a :class:`~detectors.synthetic.SyntheticStream` to ``topic`` as it is
     generated (nothing written, memory flat), event time compressed to play at ``rate``
-    events/s; waits for delivery. Key default: ``synthetic-<seed>`` (one partition)."""
+    events/s; waits for delivery. Key default: ``synthetic-<seed>`` (one partition);
+    ``spread``: round robin over the partitions."""
     times: list[float] = []
     messages = stream_messages(
         stream.chunks(), envelope, config.events.max_event_bytes, stream.start_ms / 1000, times
     )
     key = key or f"synthetic-{stream.labels['params']['seed']}"
-    return send(config, messages, key=key.encode(), rate=rate, topic=topic, progress=progress,
+    return send(config, messages, key=key.encode(), spread=spread, rate=rate, topic=topic, progress=progress,
                 progress_every_s=progress_every_s, event_time=lambda: times[0] if times else None)  # fmt: skip

@@ -192,11 +192,13 @@ def test_a_demo_too_big_for_the_embedded_broker_is_cut_to_fit():
 
 
 # -- generate --to-kafka ----------------------------------------------------------------------
-def test_generate_to_kafka_sends_the_generator_stream_in_order(tmp_path, broker: EmbeddedBroker):
+@pytest.mark.parametrize("spread", [False, True])
+def test_generate_to_kafka_sends_the_generator_stream_in_order(tmp_path, broker: EmbeddedBroker, spread: bool):
     topic = f"gen.{uuid.uuid4().hex[:10]}"
     run = subprocess.run(
         [sys.executable, "-m", "streams", "generate", "--to-kafka", "--hours", "1", "--seed", "3", "--envelope", "50",
-         "--rate", "20000", "--set", f'kafka.broker="{broker.url}"', "--set", f'topics.events=["{topic}"]'],
+         "--rate", "20000", "--set", f'kafka.broker="{broker.url}"', "--set", f'topics.events=["{topic}"]',
+         *(["--spread"] if spread else [])],
         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -206,9 +208,9 @@ def test_generate_to_kafka_sends_the_generator_stream_in_order(tmp_path, broker:
     assert int(m[1]) == len(want)
     assert 0.6 * 20_000 <= number(m[4]) <= 1.02 * 20_000  # paced: never faster than --rate
     records = read_topic(broker.port, topic)
-    assert len(records) == int(m[2]) and len({r.partition for r in records}) == 1
+    assert len(records) == int(m[2]) and len({r.partition for r in records}) == (4 if spread else 1)
     got = []
-    for r in records:
+    for r in sorted(records, key=lambda r: (r.offset, r.partition)):  # spread: message i on partition i % 4
         events = orjson.loads(r.value)
         assert isinstance(events, list) and 1 <= len(events) <= 50
         got += [orjson.dumps(e) for e in events]
