@@ -7,7 +7,8 @@ What it starts, in order, and stops in reverse (Ctrl-C, SIGTERM or the end of th
    answers, or one configured elsewhere, is used as it is and left running;
 2. a worker (``coordwatch worker``) with a fresh worker id and a temporary data
    directory (removed at the end), logging to a file there;
-3. the generator (``coordwatch generate --to-kafka``), once the worker has joined its
+3. the generator (``coordwatch generate --to-kafka --spread``: round robin over the input
+   topic's partitions, as a busy bus spreads its input), once the worker has joined its
    group, so the figures are live from the first event.
 
 Every run uses fresh names (app id ``coordwatch-demo-<run>``, topics
@@ -336,7 +337,7 @@ class Demo:
         self.reader.start()
         self.generator = self._spawn(
             ["generate", "--to-kafka", "--rate", f"{plan.rate:g}", "--hours", f"{plan.hours:g}", "--seed",
-             str(self.seed), "--no-progress", "--json-status"],
+             str(self.seed), "--spread", "--no-progress", "--json-status"],
             self.tmp / "generator.log", stdout=subprocess.PIPE,
         )  # fmt: skip
         threading.Thread(target=self._read_generator, name="generator-status", daemon=True).start()
