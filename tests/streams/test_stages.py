@@ -206,7 +206,8 @@ def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]
 def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving() -> None:
     """Three partitions framed in turn, or one after another (a backlog that ingest reads
     partition by partition), or by two ingests of which one starts late: no event is late,
-    and each detector finds what it finds on the input in one partition."""
+    and each detector finds what it finds on the input in one partition; a stage resumed
+    from its state sends what it would have sent."""
     frames = spread_frames(3)
     turns = [p for k in range(max(map(len, frames))) for p in range(3) if k < len(frames[p])]
     backlog = [p for p in range(3) for _ in frames[p]]
@@ -215,11 +216,14 @@ def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_i
     for u, straight in detect_runs().items():
         want, _ = alerts_and_dead_letters(straight)
         for order, ingests in ((turns, None), (backlog, None), (late_one, [[0, 1], [2]])):
-            sends, _ = drive(detect_stage(u, partitions=3), *work_messages(frames, order, ingests))
+            msgs, values = work_messages(frames, order, ingests)
+            sends, _ = drive(detect_stage(u, partitions=3), msgs, values)
             alerts, dead = alerts_and_dead_letters(sends)
             assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
             # once all three are caught up the ticks close to the newest event, as in one partition
             assert alerts == want, f"detector {u}"
+        # a stage restored a third of the way in (from its state and offsets) sends the same
+        assert drive(detect_stage(u, partitions=3), msgs, values, cut=len(msgs) // 3)[0] == sends, f"detector {u}"
 
 
 def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stale_does() -> None:
