@@ -135,9 +135,11 @@ class Runner:
             offsets.append(msg.offset)
             keys.append(msg.key)
             values.append(value)
+        highwaters = self._highwaters()
         for tp, (offsets, keys, values) in by_tp.items():
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
-                futures += await self._frame(pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi]), tp)
+                frame = pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                futures += await self._frame(frame, tp, highwaters)
             LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
         await asyncio.gather(*futures)
         stream = self.streams["ingest"]
@@ -147,8 +149,8 @@ class Runner:
     async def report(self) -> None:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
-        if self._highwaters():
-            await asyncio.gather(*await self._frame(pack_frames([], [], []), None))
+        if highwaters := self._highwaters():  # none if no input partition is assigned here
+            await asyncio.gather(*await self._frame(pack_frames([], [], []), None, highwaters))
 
     def _highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
         """The high watermark of every input partition assigned here that the consumer knows,
@@ -164,11 +166,12 @@ class Runner:
                         out[(tp.topic, tp.partition)] = (highwater, ms / 1000)
         return out
 
-    async def _frame(self, frame: bytes, tp: TP | None) -> list[Awaitable[Any]]:
+    async def _frame(self, frame: bytes, tp: TP | None,
+                     highwaters: dict[tuple[str, int], tuple[int, float]]) -> list[Awaitable[Any]]:  # fmt: skip
         """Send ``frame`` (of input partition ``tp``) to every work partition, with the high
-        watermarks of this ingest's partitions: data fetched for one partition may come with
-        news that another has more."""
-        headers = [("highwaters", pack_highwaters(self._highwaters()))]
+        watermarks of this ingest's partitions (:meth:`_highwaters`): data fetched for one
+        partition may come with news that another has more."""
+        headers = [("highwaters", pack_highwaters(highwaters))]
         if tp is not None:
             headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
         topic = work_topic(self.config)

@@ -117,10 +117,6 @@ def unpack_frames(data: bytes) -> tuple[list[int], list[bytes | None], list[byte
     return offsets, keys, parts[n:]
 
 
-def _header(msg: Any, name: str) -> bytes:
-    return dict(msg.headers or ()).get(name, b"")
-
-
 #: a message to produce: (topic, key, value, partition or None, headers or None)
 Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
 
@@ -283,8 +279,8 @@ class DetectStage(Stage):
         self.history: list[tuple[float, float]] = []  # (frame timestamp, newest event time after it), recent
 
     def _handle(self, msg: Any, value: bytes) -> Out:
-        now = float(msg.timestamp)
-        for src, report in parse_highwaters(_header(msg, "highwaters")):
+        now, headers = float(msg.timestamp), dict(msg.headers or ())
+        for src, report in parse_highwaters(headers.get("highwaters", b"")):
             key = source_key(src)
             self.sources.setdefault(key, src)
             last = self.reports.get(key)
@@ -293,8 +289,8 @@ class DetectStage(Stage):
             if last is None or report[1] >= last[1]:
                 self.reports[key] = report
         out = Out()
-        if topic := _header(msg, "source_topic"):  # else a report alone
-            self._take(msg, (topic.decode(), int(_header(msg, "source_partition"))), value, now, out)
+        if topic := headers.get("source_topic"):  # else a report alone
+            self._take((topic.decode(), int(headers["source_partition"])), value, now, out)
         before = self.detection.closed
         found = self.detection.advance(self.watermark(now))
         if self.detection.closed > before:
@@ -306,7 +302,7 @@ class DetectStage(Stage):
             out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
         return out
 
-    def _take(self, msg: Any, src: tuple[str, int], value: bytes, now: float, out: Out) -> None:
+    def _take(self, src: tuple[str, int], value: bytes, now: float, out: Out) -> None:
         """The new input of a frame of input partition ``src`` into the detection."""
         key = source_key(src)
         self.sources.setdefault(key, src)

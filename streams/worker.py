@@ -101,13 +101,12 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
     lock = lock_dir(folder)
     t = config.topics
     ensure_topics(config, [*t.events, t.alerts, t.dead_letter])
-    create_internal_topics(config)
+    counts = create_internal_topics(config)
     port = serve_metrics(config, folder)
     log.info(
         "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
         worker_id, config.kafka.app_id, describe(config.kafka), config.kafka.web_host, port,
     )  # fmt: skip
-    counts = partition_counts(config, list(t.events))
     app, _ = create_app(config, worker_id, [(topic, p) for topic in t.events for p in range(counts[topic])])
     import faust
 
@@ -118,20 +117,23 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
         lock.close()
 
 
-def create_internal_topics(config: Config) -> None:
+def create_internal_topics(config: Config) -> dict[str, int]:
     """Create the work, link and snapshot topics; the work topic must have one partition per
-    enabled detector, or its state is another detector set's."""
+    enabled detector, or its state is another detector set's. Returns the partition counts of
+    the work and event topics (one metadata call)."""
     from streams.stages import detector_names, internal_topics, work_topic
 
     for names, partitions, configs in internal_topics(config):
         ensure_topics(config, names, partitions=partitions, configs=configs)
     work, wanted = work_topic(config), len(detector_names(config))
-    if (found := partition_counts(config, [work])[work]) != wanted:
+    counts = partition_counts(config, [work, *config.topics.events])
+    if (found := counts[work]) != wanted:
         raise ConfigError(
             f"kafka.app_id = {config.kafka.app_id!r}: its work topic {work} has {found} partitions, but this "
             f"config runs {wanted} detectors (one partition each): state of another detector set; "
             "use a new kafka.app_id"
         )
+    return counts
 
 
 def started_ago() -> float:
