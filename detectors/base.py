@@ -9,6 +9,15 @@ agents (a partition of a topic):
 * ``snapshot()`` / ``restore(params, data)`` — all state as versioned bytes (the
   :mod:`sketches.protocol` layout, never pickle), so a restarted worker resumes.
 
+A *keyed* detector (``KEYED``: its alerts are per key, and keys never meet) can be split
+into ``n`` shards, ``shard = (s, n)``: shard ``s`` handles only the keys whose seeded hash
+is ``s`` modulo ``n``, and ``route(events, n)`` says which events carry keys of which shard,
+so a worker can send each shard only its events. The shards together find what one
+detector finds, given two things the caller keeps: each shard's events are judged late and
+cut into ticks with the times of *every* event (``detectors.pipeline.Detection.add``), and
+``begin(t)`` tells each shard the time of the stream's first event, which may come before
+any of its own.
+
 Time is event time only. The base class keeps the watermark (the newest event time
 seen) and drops events older than ``watermark - allowed_lateness_s``, counting them in
 ``stats["late_dropped"]``; subclasses see only events they must handle, and
@@ -123,6 +132,9 @@ class Alert:
 
 
 P = TypeVar("P", bound=BaseModel)
+#: a detector's part of the keys: shard ``s`` of ``n`` (``(0, 1)``: all of them)
+Shard = tuple[int, int]
+WHOLE: Shard = (0, 1)
 
 
 class Detector(ABC, Generic[P]):
@@ -130,9 +142,14 @@ class Detector(ABC, Generic[P]):
 
     NAME: ClassVar[str]
     STATE_VERSION: ClassVar[int]
+    KEYED: ClassVar[bool] = False  # can be split into shards by key (module docstring)
 
-    def __init__(self, params: P) -> None:
+    def __init__(self, params: P, shard: Shard = WHOLE) -> None:
+        s, n = shard
+        if not 0 <= s < n or (n > 1 and not self.KEYED):
+            raise ValueError(f"{self.NAME} cannot run as shard {s} of {n}")
         self.params = params
+        self.shard = shard
         self.watermark = -math.inf
         self.stats: Counter[str] = Counter()
         self.marks = np.empty(0)  # the watermark as of each event of the batch in _process
@@ -167,6 +184,15 @@ class Detector(ABC, Generic[P]):
         self.watermark = newest
         return alerts
 
+    def begin(self, t: float) -> None:
+        """The stream's first event is at ``t``, before any of ``process``: a shard may get its
+        own first event later, and a detector whose warm-up counts from the first event
+        (burst) must count from the stream's."""
+
+    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
+        """For each of ``n`` shards, the indices of the events that carry its keys (``KEYED`` only)."""
+        raise NotImplementedError(f"{self.NAME} is not keyed")
+
     def advance(self, watermark: float) -> list[Alert]:
         """Event time has reached ``watermark``: close windows, return their alerts."""
         if watermark > self.watermark:
@@ -196,6 +222,7 @@ class Detector(ABC, Generic[P]):
             "kind": f"detector:{self.NAME}",
             "version": self.STATE_VERSION,
             "params": self.params.model_dump(mode="json"),
+            "shard": list(self.shard),
             "watermark": None if self.watermark == -math.inf else self.watermark,
             "stats": dict(self.stats),
             "state": state,
@@ -203,11 +230,11 @@ class Detector(ABC, Generic[P]):
         return pack(header, arrays)
 
     @classmethod
-    def restore(cls, params: P, data: bytes) -> Self:
-        """A detector with ``params`` resuming from ``snapshot()`` bytes.
+    def restore(cls, params: P, data: bytes, shard: Shard = WHOLE) -> Self:
+        """A detector with ``params`` (and ``shard``) resuming from ``snapshot()`` bytes.
 
         The stored parameters must equal ``params``: state built under other windows or
-        thresholds is not silently reused.
+        thresholds (or for other keys) is not silently reused.
         """
         header, arrays = unpack(data, kind=f"detector:{cls.NAME}", version=cls.STATE_VERSION)
         given = params.model_dump(mode="json")
@@ -220,7 +247,11 @@ class Detector(ABC, Generic[P]):
             raise IncompatibleSketchError(
                 f"{cls.NAME} snapshot was taken with other parameters ({'; '.join(diffs)})"
             )
-        det = cls(params)
+        if tuple(header.get("shard", WHOLE)) != shard:  # absent before shards: whole
+            raise IncompatibleSketchError(
+                f"{cls.NAME} snapshot was taken as shard {header['shard']} (shard, of), this is {list(shard)}"
+            )
+        det = cls(params, shard)
         det.watermark = -math.inf if header["watermark"] is None else header["watermark"]
         det.stats = Counter(header["stats"])
         det._load_state(header["state"], arrays)

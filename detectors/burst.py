@@ -104,7 +104,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Alert, Detector, stable_id
+from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
 from detectors.events import Event, event_to_json, parse_event, url_domain
 from detectors.params import BurstParams
 from sketches.countmin import SlidingCountMin
@@ -334,9 +334,10 @@ _TEST_NAMES = ("pane", "span", "wave")
 class BurstDetector(Detector[BurstParams]):
     NAME: ClassVar[str] = "burst"
     STATE_VERSION: ClassVar[int] = 2
+    KEYED: ClassVar[bool] = True  # a key's counts, baseline and alerts are its own
 
-    def __init__(self, params: BurstParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: BurstParams, shard: Shard = WHOLE) -> None:
+        super().__init__(params, shard)
         self._cms = SlidingCountMin(
             params.pane_s, params.window_s, params.cms_epsilon, params.cms_delta,
             conservative=params.conservative_update,
@@ -623,10 +624,22 @@ class BurstDetector(Detector[BurstParams]):
             raw = np.concatenate((raw, text_h))  # text is the last kind
         kh = fmix64(raw ^ _KIND_SALT[kinds])
         ev_idx = np.concatenate(idx) if len(idx) > 1 else idx[0]
-        if len(idx) > 1:
-            kid = np.argsort(ev_idx, kind="stable")  # stable: merges the per-kind runs
-            return ev_idx[kid], kh[kid], kinds[kid], kid, vals
-        return ev_idx, kh, kinds, np.arange(ev_idx.size), vals
+        kid = np.argsort(ev_idx, kind="stable") if len(idx) > 1 else np.arange(ev_idx.size)  # stable: merges the per-kind runs
+        s, n = self.shard
+        if n > 1:  # this shard's keys only
+            kid = kid[kh[kid] % U64(n) == s]
+        return ev_idx[kid], kh[kid], kinds[kid], kid, vals
+
+    def begin(self, t: float) -> None:
+        if self._pane is None:  # what the first event would do (``_process``): the warm-up counts from here
+            self._roll(math.floor(t / self.params.pane_s))
+
+    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
+        """The events that carry a key of each of ``n`` shards (an event with keys in several
+        goes to each of them; an event without keys to none)."""
+        ev_idx, kh, _, _, _ = self._occurrences(events)
+        shard = (kh % U64(n)).astype(np.int64)
+        return [np.unique(ev_idx[shard == s]) for s in range(n)]
 
     def _domain(self, url: str) -> str:
         """:func:`url_domain` ("" for none), cached per URL and per ``scheme://netloc`` prefix

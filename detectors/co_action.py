@@ -101,7 +101,7 @@ import networkx as nx
 import numpy as np
 
 from detectors.alert_graph import AlertGraph
-from detectors.base import Alert, Detector, stable_id
+from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
 from detectors.co_weights import Counting, Links, Weights
 from detectors.events import Event
 from detectors.pairing import Pairer
@@ -506,8 +506,8 @@ class CoActionDetector(Detector[CoActionParams]):
     NAME = "co_action"
     STATE_VERSION = 2
 
-    def __init__(self, params: CoActionParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: CoActionParams, shard: Shard = WHOLE) -> None:
+        super().__init__(params, shard)
         p = params
         self._keep_s = p.pair_window_s + p.allowed_lateness_s  # how long an action can still pair
         self._per_type = p.participation_scope == "object_type"

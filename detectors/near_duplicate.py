@@ -149,7 +149,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Alert, Detector, stable_id
+from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
 from detectors.events import Event
 from detectors.params import NearDuplicateParams
 from sketches.hashing import hash_string
@@ -236,8 +236,8 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
     NAME: ClassVar[str] = "near_duplicate"
     STATE_VERSION: ClassVar[int] = 2
 
-    def __init__(self, params: NearDuplicateParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: NearDuplicateParams, shard: Shard = WHOLE) -> None:
+        super().__init__(params, shard)
         p = params
         self._actions = frozenset(p.text_actions)
         self._dump = p.model_dump(mode="json")

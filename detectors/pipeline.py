@@ -108,6 +108,8 @@ class Detection:
         self._open_ts = np.empty(0)  # their times
         self._closed = -math.inf  # ticks up to this index are closed
         self._newest: dict[str, float] = {}  # the newest event time added, per source
+        self._first = math.inf  # the oldest on-time event time (of all events, for a shard)
+        self._begun = False  # the detectors were told it (Detector.begin)
 
     @property
     def newest(self) -> float:
@@ -123,7 +125,8 @@ class Detection:
         """The index of the last closed tick (``-inf`` before any, ``inf`` at the end)."""
         return self._closed
 
-    def add(self, events: Sequence[Event], source: str = "") -> list[Event]:
+    def add(self, events: Sequence[Event], source: str = "", times: np.ndarray | None = None,
+            members: np.ndarray | None = None) -> list[Event]:  # fmt: skip
         """Buffer events of ``source`` (read in its order) into their ticks; returns the late ones.
 
         An event is late if its tick is one that the newest event *before it in its source*
@@ -132,14 +135,24 @@ class Detection:
         their events are batched, the same events are late, as long as the ticks are closed
         only up to the slowest source's newest event (:meth:`advance` with :meth:`newest_of`'s
         minimum): then the second test catches nothing more.
+
+        A shard of keyed detectors (``detectors.base``) gets only the events of its keys, but
+        judges them as the whole would: ``times`` are the times of all the source's events here,
+        in order, and ``members`` the positions of ``events`` among them.
         """
-        if not events:
+        if times is None:
+            times = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
+        if not times.size:
             return []
-        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
-        before = np.maximum.accumulate(np.concatenate(([self.newest_of(source)], ts[:-1])))
-        self._newest[source] = max(float(before[-1]), float(ts[-1]))
-        tick = np.floor(ts / self.tick_s)
+        before = np.maximum.accumulate(np.concatenate(([self.newest_of(source)], times[:-1])))
+        self._newest[source] = max(float(before[-1]), float(times[-1]))
+        tick = np.floor(times / self.tick_s)
         is_late = (tick <= np.floor((before - self.lateness) / self.tick_s) - 1) | (tick <= self._closed)
+        if not is_late.all():
+            self._first = min(self._first, float(times[~is_late].min()))
+        ts = times
+        if members is not None:
+            ts, is_late = times[members], is_late[members]
         late: list[Event] = []
         if is_late.any():
             late = [events[i] for i in np.flatnonzero(is_late).tolist()]
@@ -178,6 +191,11 @@ class Detection:
         batch, ts = _canonical(batch, ts)
         self._closed = upto
         horizon = math.inf if upto == math.inf else (upto + 1) * step
+        # the first event is in the first tick closed with any event: none older is on time after
+        if not self._begun and self._first < math.inf and math.floor(self._first / step) <= upto:
+            self._begun = True
+            for d in self.detectors:
+                d.begin(self._first)
         found: list[Alert] = []
         for d in self.detectors:
             if batch:
@@ -197,6 +215,8 @@ class Detection:
             "detectors": [d.NAME for d in self.detectors],
             "closed": tick_json(self._closed),
             "newest": self._newest,
+            "first": tick_json(self._first),
+            "begun": self._begun,
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
         ticks = np.floor(self._open_ts / self.tick_s)
@@ -210,9 +230,11 @@ class Detection:
         names = [d.NAME for d in self.detectors]
         if header["detectors"] != names:
             raise IncompatibleSketchError(f"snapshot has detectors {header['detectors']}, this config runs {names}")
-        self.detectors = [type(d).restore(d.params, arr.tobytes()) for d, arr in zip(self.detectors, arrays)]
+        self.detectors = [type(d).restore(d.params, arr.tobytes(), d.shard) for d, arr in zip(self.detectors, arrays)]
         self._closed = json_tick(header["closed"])
         self._newest = dict(header["newest"])
+        # absent before shards: a detector that has had events ignores begin()
+        self._first, self._begun = json_tick(header.get("first", "inf")), header.get("begun", False)
         raw = arrays[-1].tobytes()
         self._open = [parse_event(line) for line in raw.split(b"\n")] if raw else []  # type: ignore[misc]
         self._open_ts = np.fromiter(map(_TS, self._open), dtype=np.float64, count=len(self._open))

@@ -9,12 +9,13 @@ import functools
 import math
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
 from detectors.base import Alert, Detector
 from detectors.events import Event, parse_obj
-from detectors.pipeline import detector_classes
+from detectors.pipeline import Detection, detector_classes
 from detectors.schema import alert_errors
 from detectors.synthetic import SyntheticStream
 from sketches.errors import IncompatibleSketchError, SketchFormatError
@@ -119,3 +120,67 @@ def test_late_events_are_counted_and_dropped(name: str):
     det.process(late + on_time)
     assert det.stats["late_dropped"] == 50
     assert det.stats["events"] == before + 5
+
+
+def _detection_run(dets: list[Detector[Any]], route: Detector[Any] | None, events: list[Event],
+                   batch: int) -> tuple[list[Alert], set[str]]:  # fmt: skip
+    """Each detector in its own Detection (one tick rule), fed ``events`` in batches: all of
+    them, or with ``route`` the events of its shard and the times of all. Alerts and late event ids."""
+    lateness = max(d.params.allowed_lateness_s for d in dets)
+    runs = [Detection([d], 10.0, lateness) for d in dets]
+    alerts: list[Alert] = []
+    late: set[str] = set()
+    for i in range(0, len(events), batch):
+        part = events[i : i + batch]
+        times = np.array([e.ts for e in part])
+        routes = route.route(part, len(dets)) if route else [None] * len(dets)
+        for run_, idx in zip(runs, routes):
+            mine = part if idx is None else [part[j] for j in idx.tolist()]
+            late |= {e.event_id for e in run_.add(mine, "s", times, idx)}
+            alerts += run_.advance(run_.newest)
+    for run_ in runs:
+        alerts += run_.advance(math.inf)
+    return alerts, late
+
+
+def _with_key(name: str, n: int, shard: int, ts: float, event_id: str) -> Event:
+    """An event at ``ts`` whose one key (an object id) is of ``shard`` of ``n``."""
+    base = stream()[0]._replace(text=None, urls=(), hashtags=())
+    router = make(name)
+    for i in range(1000):
+        e = base._replace(ts=ts, event_id=event_id, object_id=f"{event_id}-{i}")
+        if [s for s, idx in enumerate(router.route([e], n)) if idx.size] == [shard]:
+            return e
+    raise AssertionError("no such key")
+
+
+def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
+    """Shard ``s`` of ``n`` over the events ``route`` gives it, judged by the times of all,
+    finds exactly the whole's alerts, decided at the same event times, and the same late
+    events; a detector that is not keyed refuses to split. The stream has the edges where a
+    shard alone would judge otherwise: a first event two hours ahead of the rest, of shard 0
+    (the warm-up counts from it: ``begin``); an event of shard 1 late only behind one of
+    shard 0; and every 61st event set an hour back."""
+    cls = detector_classes()[name]
+    params = make(name).params
+    if not cls.KEYED:
+        with pytest.raises(ValueError, match="cannot run as shard"):
+            cls(params, (0, 2))
+        return
+    body = [e._replace(ts=e.ts - 3600) if i % 61 == 60 else e for i, e in enumerate(stream())]
+    key = lambda a: (a.at, a.to_json())  # noqa: E731
+    for n in (2, 3):
+        t0, t1 = body[0].ts, max(e.ts for e in body)
+        evs = [_with_key(name, n, 0, t0 - 7200, "lead"), *body,
+               _with_key(name, n, 0, t1 + 1000, "ahead"), _with_key(name, n, 1, t1 + 910, "behind")]  # fmt: skip
+        whole, whole_late = _detection_run([make(name)], None, evs, 4000)
+        assert min(a.at for a in whole) < t0 + 900 and "behind" in whole_late  # the edges matter
+        shards = [cls(params, (s, n)) for s in range(n)]
+        split, late = _detection_run(shards, make(name), evs, 4000)
+        assert sorted(map(key, split)) == sorted(map(key, whole)), f"{n} shards changed {name}'s alerts"
+        routed = np.unique(np.concatenate(make(name).route(evs, n))).tolist()
+        assert late == whole_late & {evs[j].event_id for j in routed}
+        data = shards[1].snapshot()
+        assert cls.restore(params, data, (1, n)).snapshot() == data
+        with pytest.raises(IncompatibleSketchError, match="shard"):
+            cls.restore(params, data, (0, n))
