@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from detectors.base import Alert, Detector
+from detectors.base import WHOLE, Alert, Detector, Shard
 from detectors.events import Event, Rejection, event_to_json, parse_event
 from detectors.linker import Linker
 from detectors.params import LinkingParams
@@ -358,10 +358,12 @@ def enabled_names(config: DetectorConfig) -> list[str]:
     return [name for name in detector_classes() if getattr(config, name).enabled]
 
 
-def enabled_detectors(config: DetectorConfig, names: Sequence[str] | None = None) -> list[Detector[Any]]:
-    """A detector for each of ``names`` (default: every enabled one), with its section's params."""
+def enabled_detectors(config: DetectorConfig, names: Sequence[str] | None = None,
+                      shard: Shard = WHOLE) -> list[Detector[Any]]:  # fmt: skip
+    """A detector for each of ``names`` (default: every enabled one), with its section's
+    params (as ``shard``: see ``detectors.base``)."""
     classes = detector_classes()
-    return [classes[name](getattr(config, name)) for name in (enabled_names(config) if names is None else names)]
+    return [classes[name](getattr(config, name), shard) for name in (enabled_names(config) if names is None else names)]
 
 
 def lateness_of(params: Iterable[Any]) -> float:

@@ -3,24 +3,28 @@
 Three agents, each on its own topic, so that N workers in one group compute exactly what one does:
 
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
-  does not parse: it frames the input messages of a batch with their offsets into one
-  message per input partition (at most ``FRAME_BYTES``) and sends a copy to every partition
-  of the *work topic* ``<app_id>.work``, then acks the input. Messages larger than
+  frames the input messages of a batch with their offsets into frames per input partition
+  (at most ``FRAME_BYTES``), parses each frame (:class:`~streams.stages.Framer`, on the
+  worker's CPU thread, into the parse cache its detect stages share), sends the rejections
+  to the dead-letter topic (headers ``source_topic``, ``source_partition``,
+  ``source_offset``, ``reason``, ``detail``, and ``index`` for an envelope element) and
+  each work partition its part of the frame, then acks the input. Messages larger than
   ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries the
-  high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S`` ingest
-  sends them alone (an empty frame): how the detect stages tell a partition that may still
-  send older events from one with nothing new (``DetectStage``).
-* **detect** reads the work topic: partition ``u`` is the ``u``-th enabled detector in
-  :data:`~streams.stages.WORK_ORDER` (near_duplicate, co_action, burst) as one
-  :class:`~detectors.pipeline.Detection` over every event, in event time. The work is cut
-  by detector, not by object or LSH band: a co_action group or a near_duplicate cluster can
-  join any two objects or texts, so cutting their state by key would change what they find.
-  The stage parses (partition 0's stage sends the rejections to the dead-letter topic,
-  headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``, ``detail``,
-  and ``index`` for an envelope element), skips input already in its state, and each time it
-  closes ticks sends their alerts, unlinked, to the *link topic* ``<app_id>.link`` (one
-  partition), stamped with its work offset. Late events are dead-lettered by each detector
-  that never processed them (header ``detector``).
+  high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S``
+  ingest sends them alone (an empty frame): how the detect stages tell a partition that may
+  still send older events from one with nothing new (``DetectStage``).
+* **detect** reads the work topic: partition ``u`` is the ``u``-th work unit
+  (:func:`~streams.stages.work_units`): a detector of :data:`~streams.stages.WORK_ORDER`
+  (near_duplicate, co_action, burst) as one :class:`~detectors.pipeline.Detection` over
+  every event, in event time, which gets the whole frame and parses it again unless its
+  worker's ingest just did; or a shard of a keyed detector (``work.shards``: burst, by key),
+  which gets only the events of its keys, already parsed, with the times of all. A
+  co_action group or a near_duplicate cluster can join any two objects or texts, so those
+  two are not cut by key: that would change what they find. The stage skips input already
+  in its state, and each time it closes ticks sends their alerts, unlinked, to the *link
+  topic* ``<app_id>.link`` (one partition), stamped with its work offset. Late events are
+  dead-lettered by each unit that never processed them (header ``detector``: ``burst``, or
+  ``burst.1`` for a shard).
 * **link** reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
   alerts of all detectors once each has closed the tick and publishes them to the alerts
   topic (key ``group_id``, value ``Alert.to_json()``). A re-sent stage message (an offset
@@ -74,18 +78,19 @@ from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_BYTES,
     DetectStage,
+    Framer,
     LinkStage,
     ParseCache,
     Send,
     Stage,
     chunks,
     dead_letter,
-    detector_names,
     link_topic,
     max_message_bytes,
     pack_frames,
     pack_highwaters,
     work_topic,
+    work_units,
 )
 from streams.worker import fatal, started_ago
 
@@ -112,8 +117,9 @@ class Runner:
         self.sources = list(sources)  # every input partition
         self.stages: dict[TP, Stage] = {}
         self.streams: dict[str, StreamT] = {}
-        self.work_partitions = len(detector_names(config))
+        self.work_partitions = len(work_units(config))
         self.parse = ParseCache(config.events.max_event_bytes)
+        self.framer = Framer(config, self.parse)
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching state
         tune_gc()
@@ -137,9 +143,11 @@ class Runner:
             values.append(value)
         highwaters = self._highwaters()
         for tp, (offsets, keys, values) in by_tp.items():
+            src = (tp.topic, tp.partition)
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
-                frame = pack_frames(offsets[lo:hi], keys[lo:hi], values[lo:hi])
-                futures += await self._frame(frame, tp, highwaters)
+                frames, dead = await self._cpu(self.framer, src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                futures += [await self._send(d) for d in dead]
+                futures += await self._frame(frames, tp, highwaters)
             LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
         await asyncio.gather(*futures)
         stream = self.streams["ingest"]
@@ -150,7 +158,8 @@ class Runner:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
         if highwaters := self._highwaters():  # none if no input partition is assigned here
-            await asyncio.gather(*await self._frame(pack_frames([], [], []), None, highwaters))
+            empty = [pack_frames([], [], [])] * self.work_partitions
+            await asyncio.gather(*await self._frame(empty, None, highwaters))
 
     def _highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
         """The high watermark of every input partition assigned here that the consumer knows,
@@ -166,16 +175,16 @@ class Runner:
                         out[(tp.topic, tp.partition)] = (highwater, ms / 1000)
         return out
 
-    async def _frame(self, frame: bytes, tp: TP | None,
+    async def _frame(self, frames: list[bytes], tp: TP | None,
                      highwaters: dict[tuple[str, int], tuple[int, float]]) -> list[Awaitable[Any]]:  # fmt: skip
-        """Send ``frame`` (of input partition ``tp``) to every work partition, with the high
-        watermarks of this ingest's partitions (:meth:`_highwaters`): data fetched for one
-        partition may come with news that another has more."""
+        """Send ``frames[u]`` (of input partition ``tp``: :class:`~streams.stages.Framer`) to
+        work partition ``u``, with the high watermarks of this ingest's partitions
+        (:meth:`_highwaters`): data fetched for one partition may come with news that another has more."""
         headers = [("highwaters", pack_highwaters(highwaters))]
         if tp is not None:
             headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
         topic = work_topic(self.config)
-        return [await self._send((topic, None, frame, u, headers)) for u in range(self.work_partitions)]
+        return [await self._send((topic, None, frame, u, headers)) for u, frame in enumerate(frames)]
 
     # -- detect and link -------------------------------------------------------------
     async def handle(self, kind: str, events: Sequence[EventT]) -> None:

@@ -337,6 +337,15 @@ def bench_replay(quick: bool) -> None:
     run_suite("replay", quick=quick)
 
 
+@bench_group.command("shards")
+@click.option("--quick", is_flag=True, help="6 h of the generator mix instead of 24 h (a smoke run, not for reporting).")
+def bench_shards(quick: bool) -> None:
+    """A keyed detector split by key (work.shards), in-process: a shard's CPU and the routing beside the whole's."""
+    from streams.benchmarks.report import run_suite
+
+    run_suite("shards", quick=quick)
+
+
 @bench_group.command("stream")
 @click.option("--quick", is_flag=True, help="~100 k events and one run each (a smoke run, not for reporting).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
@@ -346,11 +355,15 @@ def bench_replay(quick: bool) -> None:
 @click.option("--repeat", type=click.IntRange(min=1), help="Worker runs per setting, best taken (default 3; 1 with --quick).")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, 64),
               help="With --workers: the stream round robin over this many input partitions.")
-def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int) -> None:
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="The workers run burst split by key into this many work partitions (work.shards).")
+def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
+                 shards: int) -> None:  # fmt: skip
     """End to end on the embedded broker: produce, raw aiokafka consume, worker(s); events/s beside the raw rate."""
     from streams.benchmarks.report import run_suite
 
-    run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat, partitions=partitions)
+    run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat, partitions=partitions,
+              shards=shards)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,6 +103,26 @@ class TopicsParams(Section):
     replication_factor: int = Field(1, ge=1, le=16, description="replication for topics coordwatch creates")
 
 
+class WorkParams(Section):
+    shards: dict[str, int] = Field(
+        default_factory=dict,
+        description="work partitions a keyed detector is split into by key, so that more workers share it "
+        "(burst only: a co_action group or a near_duplicate cluster can join any keys), e.g. {burst = 4}",
+    )
+
+    @model_validator(mode="after")
+    def _keyed(self) -> Self:
+        from detectors.pipeline import detector_classes
+
+        keyed = [name for name, cls in detector_classes().items() if cls.KEYED]
+        for name, n in self.shards.items():
+            if name not in keyed:
+                raise ValueError(f"work.shards.{name} = {n}: only a keyed detector splits ({', '.join(keyed)}); remove {name}")
+            if not 1 <= n <= 64:
+                raise ValueError(f"work.shards.{name} = {n}: use 1 to 64 shards")
+        return self
+
+
 class Config(Section):
     """The whole effective configuration (one frozen object, handed to every component)."""
 
@@ -114,6 +134,7 @@ class Config(Section):
     replay: ReplayParams = Field(default_factory=ReplayParams)
     kafka: KafkaParams = Field(default_factory=KafkaParams)
     topics: TopicsParams = Field(default_factory=TopicsParams)
+    work: WorkParams = Field(default_factory=WorkParams)
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -326,6 +347,8 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (keys are bare: detector names)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return tomli_w.dumps({"v": value}).strip()[4:]
 
 

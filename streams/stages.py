@@ -15,15 +15,15 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import numpy as np
 import orjson
 from faust.types import TP, EventT
 
-from detectors.base import Alert
-from detectors.events import Event, Rejection, parse_messages
+from detectors.base import Alert, Shard
+from detectors.events import Event, Rejection, pack_events, parse_with_origins, unpack_events
 from detectors.pipeline import (
     AlertOrder,
     Detection,
@@ -69,13 +69,31 @@ def link_topic(config: Config) -> str:
 WORK_ORDER = ("near_duplicate", "co_action", "burst")
 
 
-def detector_names(config: Config) -> list[str]:
-    """The enabled detectors in work-partition order: partition ``u`` runs the ``u``-th."""
-    return sorted(enabled_names(config), key=WORK_ORDER.index)
+class Unit(NamedTuple):
+    """What a work partition runs: a detector over every event, or a shard of a keyed one
+    (``work.shards``: see ``detectors.base``) over the events of its keys."""
+
+    detector: str
+    shard: Shard
+
+    @property
+    def name(self) -> str:
+        s, n = self.shard
+        return self.detector if n == 1 else f"{self.detector}.{s}"
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard[1] > 1
+
+
+def work_units(config: Config) -> list[Unit]:
+    """The enabled detectors in work-partition order, a keyed one as its shards: partition ``u`` runs the ``u``-th."""
+    names = sorted(enabled_names(config), key=WORK_ORDER.index)
+    return [Unit(name, (s, n)) for name in names for n in [config.work.shards.get(name, 1)] for s in range(n)]
 
 
 def stage_names(config: Config) -> list[str]:
-    return [f"detect-{name}" for name in detector_names(config)] + ["link"]
+    return [f"detect-{u.name}" for u in work_units(config)] + ["link"]
 
 
 def internal_topics(config: Config) -> list[tuple[list[str], int, dict[str, str]]]:
@@ -84,7 +102,7 @@ def internal_topics(config: Config) -> list[tuple[list[str], int, dict[str, str]
     keep_ms = str(int(max(3600, 20 * config.kafka.snapshot_interval_s) * 1000))
     large = {"max.message.bytes": str(max_message_bytes(config))}
     return [
-        ([work_topic(config)], len(detector_names(config)), large),
+        ([work_topic(config)], len(work_units(config)), large),
         ([link_topic(config)], 1, large),
         ([snapshot_topic(config, s) for s in stage_names(config)], 1, {"retention.ms": keep_ms}),
     ]
@@ -115,6 +133,29 @@ def unpack_frames(data: bytes) -> tuple[list[int], list[bytes | None], list[byte
     parts = [data[base + a : base + b] for a, b in zip([0, *ends[:-1]], ends)]
     keys = [None if nk else k for nk, k in zip(none.tolist(), parts[:n])]
     return offsets, keys, parts[n:]
+
+
+# -- routed frames: a shard's events of a frame, with the offsets and times of all its events --
+_ROUTED = struct.Struct(">qII")
+
+
+def pack_routed(next_offset: int, offsets: np.ndarray, times: np.ndarray, members: np.ndarray,
+                events: Sequence[Event]) -> bytes:  # fmt: skip
+    """The offset after the frame's last input message, ``n`` and ``m``, then per event of the
+    frame its message's offset (int64) and its time (float64), the positions of the shard's
+    ``m`` events among them (uint32), and those events (:func:`~detectors.events.pack_events`)."""
+    head = _ROUTED.pack(next_offset, len(offsets), len(members))
+    parts = (np.asarray(offsets, ">i8"), np.asarray(times, ">f8"), np.asarray(members, ">u4"))
+    return head + b"".join(x.tobytes() for x in parts) + pack_events(events)
+
+
+def unpack_routed(data: bytes) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, list[Event]]:
+    nxt, n, m = _ROUTED.unpack_from(data)
+    at = _ROUTED.size
+    offsets = np.frombuffer(data, ">i8", n, at).astype(np.int64)
+    times = np.frombuffer(data, ">f8", n, at + 8 * n).astype(np.float64)
+    members = np.frombuffer(data, ">u4", m, at + 16 * n).astype(np.int64)
+    return nxt, offsets, times, members, unpack_events(data[at + 16 * n + 4 * m :])
 
 
 #: a message to produce: (topic, key, value, partition or None, headers or None)
@@ -179,15 +220,17 @@ class Stage(ABC):
         return {}
 
 
-Parsed = tuple[list[Event], list[tuple[int, Rejection]]]
+#: a frame's events, its rejections (with their message's position) and each event's message's position
+Parsed = tuple[list[Event], list[tuple[int, Rejection]], np.ndarray]
 Parse = Callable[[tuple[str, int], list[int], list[bytes]], Parsed]
 
 
 class ParseCache:
-    """The parse of the last frames: every detector stage gets a copy of each frame, and those
-    on one worker parse it once (one worker, 300 k events in 100-event envelopes: parsing was
-    42 % of its CPU with three parses). Bounded by the frames' bytes, as the stages on one
-    worker read their partitions at their own pace."""
+    """The parse of the last frames: ingest parses a frame to route it and report its
+    rejections, and the detect stages of whole detectors get a copy of it; those on one
+    worker parse it once (one worker, 300 k events in 100-event envelopes: parsing was 42 %
+    of its CPU with three parses). Bounded by the frames' bytes, as the stages on one worker
+    read their partitions at their own pace."""
 
     MAX_BYTES = 48 << 20
 
@@ -201,13 +244,47 @@ class ParseCache:
         if (hit := self._done.get(key)) is not None:
             self._done.move_to_end(key)
             return hit[0]
-        parsed: Parsed = parse_messages(values, self.max_bytes)  # type: ignore[assignment]
+        parsed = parse_with_origins(values, self.max_bytes)
         size = sum(map(len, values))
         self._done[key] = (parsed, size)
         self._bytes += size
         while self._bytes > self.MAX_BYTES and len(self._done) > 1:
             self._bytes -= self._done.popitem(last=False)[1][1]
         return parsed
+
+
+class Framer:
+    """What ingest sends for a frame of input partition ``src``: to each work partition the
+    frame itself (a whole detector parses it there, in its worker's :class:`ParseCache`), or
+    to a shard of a keyed detector only the events of its keys, with the offsets and times
+    of all the frame's events (:func:`pack_routed`); and the rejections, as dead letters
+    (headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``,
+    ``detail``, and ``index`` for an envelope element)."""
+
+    def __init__(self, config: Config, parse: Parse) -> None:
+        self.config, self.parse = config, parse
+        self.units = work_units(config)
+        self.routers = {u.detector: enabled_detectors(config, [u.detector])[0] for u in self.units if u.sharded}
+
+    def __call__(self, src: tuple[str, int], offsets: list[int], keys: list[bytes | None],
+                 values: list[bytes]) -> tuple[list[bytes], list[Send]]:  # fmt: skip
+        frame = pack_frames(offsets, keys, values)
+        events, rejected, origins = self.parse(src, offsets, values)
+        EVENTS.inc(len(events))
+        dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
+        if not self.routers:
+            return [frame] * len(self.units), dead
+        at = np.asarray(offsets, dtype=np.int64)[origins]
+        times = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        routes = {name: r.route(events, self.config.work.shards[name]) for name, r in self.routers.items()}
+        out = []
+        for u in self.units:
+            if u.sharded:
+                idx = routes[u.detector][u.shard[0]]
+                out.append(pack_routed(offsets[-1] + 1, at, times, idx, [events[i] for i in idx.tolist()]))
+            else:
+                out.append(frame)
+        return out, dead
 
 
 #: a source's report (its high watermark, and when the ingest reading it learnt it from a
@@ -246,8 +323,11 @@ def parse_highwaters(header: bytes) -> list[tuple[tuple[str, int], Report]]:
 
 
 class DetectStage(Stage):
-    """Work partition ``u``: detector ``u`` (:data:`WORK_ORDER`) over every event; the first
-    one also counts the events and dead-letters the rejections.
+    """Work partition ``u``: unit ``u`` (:func:`work_units`), a detector over every event of
+    the frames, or a shard of a keyed one over the events of its keys (the frames routed by
+    :class:`Framer`: judged late and cut into ticks by the times of all events, so the
+    shards together find what the whole detector does). Its late events are dead-lettered
+    with header ``detector`` = the unit's name (``burst.1``).
 
     Each input partition is a source of the :class:`Detection`, so an event is late only
     against the events before it in its own partition. Ticks close only as far as no
@@ -267,12 +347,14 @@ class DetectStage(Stage):
 
     def __init__(self, config: Config, tp: TP, app: faust.App, parse: Parse,
                  sources: Sequence[tuple[str, int]]) -> None:  # fmt: skip
-        self.detector = detector_names(config)[tp.partition]
-        super().__init__(config, f"detect-{self.detector}", tp, app)
+        self.unit = work_units(config)[tp.partition]
+        self.detector = self.unit.detector
+        super().__init__(config, f"detect-{self.unit.name}", tp, app)
         self.parse = parse
-        self.primary = tp.partition == 0  # counts events and reports rejections, once
+        self.primary = tp.partition == 0  # sets the watermark gauge
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
-        self.detection = Detection(enabled_detectors(config, [self.detector]), config.linking.tick_s, lateness)
+        detectors = enabled_detectors(config, [self.detector], self.unit.shard)
+        self.detection = Detection(detectors, config.linking.tick_s, lateness)
         self.sources = {source_key(s): s for s in sources}
         self.reports: dict[str, Report] = {}
         self.progress: dict[str, float] = {}  # source -> timestamp of its last new input or new report
@@ -296,37 +378,46 @@ class DetectStage(Stage):
         if self.detection.closed > before:
             self.dirty = True
             # a JSON head line, then one alert per line (their canonical bytes, as published)
-            head = {"detector": self.detector, "offset": msg.offset, "closed": tick_json(self.detection.closed),
+            head = {"unit": self.unit.name, "offset": msg.offset, "closed": tick_json(self.detection.closed),
                     "at": [a.at for a in found]}  # fmt: skip
             body = b"\n".join([orjson.dumps(head), *(a.to_json() for a in found)])
             out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
         return out
 
     def _take(self, src: tuple[str, int], value: bytes, now: float, out: Out) -> None:
-        """The new input of a frame of input partition ``src`` into the detection."""
+        """The new input of a frame of input partition ``src`` into the detection (a frame
+        re-sent by an ingest that restarted: its new part)."""
         key = source_key(src)
         self.sources.setdefault(key, src)
-        offsets, keys, values = unpack_frames(value)
         done = self.offsets.get(src, 0)
-        if offsets and offsets[0] < done:  # re-sent by an ingest that restarted: take the new part
-            keep = [i for i, o in enumerate(offsets) if o >= done]
-            offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
-        if not offsets:
-            return
-        self.offsets[src] = offsets[-1] + 1
+        times = members = None
+        if self.unit.sharded:
+            nxt, at, times, members, events = unpack_routed(value)
+            if nxt <= done:
+                return
+            if at.size and at[0] < done:
+                cut = int(np.searchsorted(at, done))  # the first event of a new message
+                keep = members >= cut
+                events = [e for e, k in zip(events, keep.tolist()) if k]
+                times, members = times[cut:], members[keep] - cut
+        else:
+            offsets, keys, values = unpack_frames(value)
+            if offsets and offsets[0] < done:
+                keep = [i for i, o in enumerate(offsets) if o >= done]
+                offsets, keys, values = ([x[i] for i in keep] for x in (offsets, keys, values))
+            if not offsets:
+                return
+            nxt = offsets[-1] + 1
+            events = self.parse(src, offsets, values)[0]
+        self.offsets[src] = nxt
         self.progress[key] = now
         self.dirty = True
-        events, rejected = self.parse(src, offsets, values)
-        if self.primary:
-            EVENTS.inc(len(events))
-            for i, r in rejected:
-                out.sends.append(dead_letter(self.config, src, offsets[i], keys[i], None, r))
-        for e in self.detection.add(events, key):  # type: ignore[arg-type]
+        for e in self.detection.add(events, key, times, members):
             r = self.detection.late_rejection(e)
-            out.sends.append(dead_letter(self.config, src, None, None, self.detector, r))
-        if self.primary and events:
-            WATERMARK.set(self.detection.newest)
-        if events:
+            out.sends.append(dead_letter(self.config, src, None, None, self.unit.name, r))
+        if len(events) if times is None else times.size:  # the newest event time may have moved
+            if self.primary:
+                WATERMARK.set(self.detection.newest)
             self.history.append((now, self.detection.newest))
         # a usable cover is at most REPORT_VALID_S old: keep the entry before that, and later ones
         old = bisect.bisect_right(self.history, (now - REPORT_VALID_S, math.inf)) - 1
@@ -375,7 +466,7 @@ class LinkStage(Stage):
 
     def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
         super().__init__(config, "link", tp, app)
-        names = detector_names(config)
+        names = [u.name for u in work_units(config)]
         self.work = work_topic(config)
         self.partition_of = {name: u for u, name in enumerate(names)}
         # alerts in the pipeline's order (config order), whatever the partitions' order
@@ -386,13 +477,13 @@ class LinkStage(Stage):
         self.dirty = True
         lines = value.split(b"\n")
         body = orjson.loads(lines[0])
-        source = (self.work, self.partition_of[body["detector"]])
+        source = (self.work, self.partition_of[body["unit"]])
         out = Out()
         if body["offset"] < self.offsets.get(source, 0):
             return out  # sent again by a detector stage resumed from an older snapshot
         self.offsets[source] = body["offset"] + 1
         found = [Alert.from_json(a, at) for a, at in zip(lines[1:], body["at"])]
-        for a in self.order.offer(body["detector"], json_tick(body["closed"]), found):
+        for a in self.order.offer(body["unit"], json_tick(body["closed"]), found):
             if a.alert_id in self.seen:
                 SUPPRESSED.inc()
             else:

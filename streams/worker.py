@@ -119,18 +119,19 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
 
 def create_internal_topics(config: Config) -> dict[str, int]:
     """Create the work, link and snapshot topics; the work topic must have one partition per
-    enabled detector, or its state is another detector set's. Returns the partition counts of
+    work unit (an enabled detector, or a shard of one), or its state is another detector set's. Returns the partition counts of
     the work and event topics (one metadata call)."""
-    from streams.stages import detector_names, internal_topics, work_topic
+    from streams.stages import internal_topics, work_topic, work_units
 
     for names, partitions, configs in internal_topics(config):
         ensure_topics(config, names, partitions=partitions, configs=configs)
-    work, wanted = work_topic(config), len(detector_names(config))
+    work, wanted = work_topic(config), len(work_units(config))
     counts = partition_counts(config, [work, *config.topics.events])
     if (found := counts[work]) != wanted:
         raise ConfigError(
             f"kafka.app_id = {config.kafka.app_id!r}: its work topic {work} has {found} partitions, but this "
-            f"config runs {wanted} detectors (one partition each): state of another detector set; "
+            f"config runs {wanted} work units (a partition for each detector, or shard of one: work.shards): "
+            "state of another detector set; "
             "use a new kafka.app_id"
         )
     return counts

@@ -342,18 +342,19 @@ class Cpu:
 class Bench:
     """The broker, the input topics and everything started for one ``bench stream`` run."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, shards: int = 1) -> None:
         from streams.broker import EmbeddedBroker
+        from streams.config import Config, WorkParams
+        from streams.stages import work_units
 
         self.tmp = tmp
         self.tag = f"bench{uuid.uuid4().hex[:8]}"
         self.broker = EmbeddedBroker(0, log_file=tmp / "tansu.log")
         self.workers: list[Worker] = []
         self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
-        from detectors.pipeline import enabled_names
-        from streams.config import Config
-
-        self.detectors = len(enabled_names(Config()))  # the workers run the default config
+        # the workers run the default config, burst in ``shards`` shards
+        self.sets = [f"work.shards={{burst={shards}}}"] if shards > 1 else []
+        self.detectors = len(work_units(Config(work=WorkParams(shards={"burst": shards}))))
 
     @property
     def servers(self) -> str:
@@ -382,7 +383,7 @@ class Bench:
         sets = [
             f"kafka.broker=kafka://{self.servers}", f"kafka.app_id={app_id}", f"kafka.data_dir={data}",
             f'topics.events=["{topic}"]', f"topics.alerts={alerts}", f"topics.dead_letter={app_id}.dlq",
-            f"topics.partitions={partitions}",
+            f"topics.partitions={partitions}", *self.sets,
         ]  # fmt: skip
         started = []
         for k in range(n):
@@ -490,7 +491,7 @@ class Bench:
             await produce(self.servers, topic, [[b"[]"]])  # an empty envelope: a rejection
             while True:  # the marker reached every detector stage: the assignment is settled
                 ms = [w.metrics() or {} for w in workers]
-                started = sum(len(re.findall(r"detect-\w+: no snapshot on", w.log_text())) for w in workers)
+                started = sum(len(re.findall(r"detect-[\w.]+: no snapshot on", w.log_text())) for w in workers)
                 if started >= self.detectors and all(ms):
                     break
                 for w in workers:
@@ -527,7 +528,7 @@ class Bench:
             out.events -= int(base)
             out.startup_s = startup
             out.detail = "stages: " + "; ".join(
-                f"{w.worker_id} " + ",".join(sorted(set(re.findall(r"(detect-\w+|link): (?:no snapshot|restored)",
+                f"{w.worker_id} " + ",".join(sorted(set(re.findall(r"(detect-[\w.]+|link): (?:no snapshot|restored)",
                                                                w.log_text()))))
                 for w in workers)  # fmt: skip
             return out, produced_s
@@ -536,7 +537,7 @@ class Bench:
 
 
 async def _run(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
-               out: Any) -> list[Row]:  # fmt: skip
+               shards: int, out: Any) -> list[Row]:  # fmt: skip
     n_events = events or (QUICK_EVENTS if quick else FULL_EVENTS)
     runs = repeat or (1 if quick else 3)
     raw_runs = 3 if quick else 5
@@ -547,7 +548,7 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
     rows: list[Row] = []
     tmp = Path(tempfile.mkdtemp(prefix="coordwatch-bench-stream-"))
     try:
-        with Bench(tmp) as b:
+        with Bench(tmp, shards) as b:
             t = time.perf_counter()
             envs = stream_envelopes(n_events)
             say(f"bench stream: {n_events} events in {len(envs)} envelopes generated in {time.perf_counter() - t:.1f} s; "
@@ -613,9 +614,9 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
 
 
 def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat: int | None = None,
-        partitions: int = 1, out: Any = None) -> list[Row]:
+        partitions: int = 1, shards: int = 1, out: Any = None) -> list[Row]:
     """The suite's rows; progress lines go to ``out`` (default stderr)."""
-    return asyncio.run(_run(quick, workers, events, repeat, partitions, out or sys.stderr))
+    return asyncio.run(_run(quick, workers, events, repeat, partitions, shards, out or sys.stderr))
 
 
 async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,

@@ -42,3 +42,14 @@ def test_bench_stream_quick_prints_table_and_figures():
         assert float(figures[key]) > 0, key
     assert abs(float(figures["stream_vs_raw"]) * float(figures["raw_consume_events_per_s"])
                - float(figures["stream_events_per_s"])) <= 0.01 * float(figures["stream_events_per_s"])
+
+
+def test_bench_shards_quick_prints_table_and_figures():
+    """Burst whole and in 2 and 4 shards in-process (the bench fails if the shards' alerts differ)."""
+    res = subprocess.run([sys.executable, "-m", "streams", "bench", "shards", "--quick"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = dict(item.split("=", 1) for item in res.stdout.strip().splitlines()[-1].split())
+    for n in (2, 4):
+        for key in (f"burst_shard_of_{n}_vs_whole", f"burst_{n}_shards_sum_vs_whole", f"burst_route_{n}_vs_whole"):
+            assert float(figures[key]) > 0, key

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
+import pytest
 from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,21 +17,22 @@ from hypothesis import strategies as st
 from detectors.events import parse_messages
 from detectors.pipeline import Pipeline
 from detectors.synthetic import SyntheticStream
-from streams.config import Config
+from streams.config import Config, WorkParams
 from streams.stages import (
     DetectStage,
+    Framer,
     LinkStage,
     ParseCache,
     Send,
     Stage,
     chunks,
-    detector_names,
     link_topic,
     pack_frames,
     pack_highwaters,
     parse_highwaters,
     unpack_frames,
     work_topic,
+    work_units,
 )
 
 messages = st.lists(st.tuples(st.integers(0, 2**62), st.none() | st.binary(max_size=20), st.binary(max_size=200)),
@@ -98,8 +100,12 @@ def drive(stage: Stage, msgs: list[Msg], values: list[bytes], cut: int | None = 
     return sent, stage
 
 
-def detect_stage(u: int, partitions: int = 1) -> DetectStage:
-    config = Config()
+WHOLE = Config()
+SHARDED = Config(work=WorkParams(shards={"burst": 3}))  # work units: near_duplicate, co_action, burst.0-2
+CONFIGS = {"whole": WHOLE, "sharded": SHARDED}
+
+
+def detect_stage(u: int, partitions: int = 1, config: Config = WHOLE) -> DetectStage:
     args = (config, TP(work_topic(config), u), APP, ParseCache(config.events.max_event_bytes),
             [("ev", p) for p in range(partitions)])  # fmt: skip
     stage = DetectStage(*args)
@@ -107,8 +113,24 @@ def detect_stage(u: int, partitions: int = 1) -> DetectStage:
     return stage
 
 
-def link_stage() -> LinkStage:
-    config = Config()
+def routed(config: Config, msgs: list[Msg], values: list[bytes]) -> list[list[bytes]]:
+    """Per work partition, what ingest sends it for each of these frames (``Framer``: a whole
+    detector gets the frame, a shard the events of its keys); a report is a report to every one."""
+    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    out: list[list[bytes]] = [[] for _ in work_units(config)]
+    for m, v in zip(msgs, values):
+        headers = dict(m.headers)
+        if "source_topic" in headers:
+            src = (headers["source_topic"].decode(), int(headers["source_partition"]))
+            per_unit, _ = framer(src, *unpack_frames(v))  # and the dead letters, which ingest sends
+        else:
+            per_unit = [v] * len(out)
+        for u, x in enumerate(per_unit):
+            out[u].append(x)
+    return out
+
+
+def link_stage(config: Config = WHOLE) -> LinkStage:
     stage = LinkStage(config, TP(link_topic(config), 0), APP)
     stage._args = (config, stage.tp, APP)  # type: ignore[attr-defined]
     return stage
@@ -118,18 +140,30 @@ APP = faust.App("test-stages", autodiscover=False)
 
 
 @functools.cache
-def detect_runs() -> dict[int, list[Send]]:
-    msgs, values = work_log()
-    return {u: drive(detect_stage(u), msgs, values)[0] for u in range(len(detector_names(Config())))}
+def detect_runs(name: str = "whole") -> dict[int, list[Send]]:
+    config, (msgs, values) = CONFIGS[name], work_log()
+    return {u: drive(detect_stage(u, config=config), msgs, mine)[0] for u, mine in enumerate(routed(config, msgs, values))}
 
 
-def test_a_detect_stage_resumed_from_its_state_or_sent_input_again_sends_the_same() -> None:
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_detect_stage_resumed_from_its_state_or_sent_input_again_sends_the_same(name: str) -> None:
+    config = CONFIGS[name]
     msgs, values = work_log(resend_every=5)
-    for u, straight in detect_runs().items():
-        assert straight, f"detector {u} sent nothing"
-        resumed, _ = drive(detect_stage(u), msgs, values, cut=len(msgs) // 2 + 1)
+    for (u, straight), mine in zip(detect_runs(name).items(), routed(config, msgs, values)):
+        assert straight, f"unit {u} sent nothing"
+        resumed, _ = drive(detect_stage(u, config=config), msgs, mine, cut=len(msgs) // 2 + 1)
         # the same link messages but for their work offsets, which the re-sent frames move
-        assert [_no_offset(s) for s in resumed] == [_no_offset(s) for s in straight], f"detector {u}"
+        assert [_no_offset(s) for s in resumed] == [_no_offset(s) for s in straight], f"unit {u}"
+
+
+def test_a_keyed_detector_in_shards_finds_what_it_finds_whole_each_shard_on_part_of_the_input() -> None:
+    """Burst in three shards: together the alerts of the whole, each over about a third of the events."""
+    whole, shards = detect_runs("whole")[2], [detect_runs("sharded")[u] for u in (2, 3, 4)]
+    alerts = [alerts_and_dead_letters(x)[0] for x in (whole, *shards)]
+    assert all(alerts) and sorted(a for x in alerts[1:] for a in x) == sorted(alerts[0])
+    msgs, values = work_log()
+    sizes = [sum(map(len, v)) for v in routed(SHARDED, msgs, values)]
+    assert all(size < 0.5 * sizes[0] for size in sizes[2:]), sizes
 
 
 def _no_offset(send: Send) -> Send:
@@ -140,10 +174,12 @@ def _no_offset(send: Send) -> Send:
     return topic, key, value, partition, headers
 
 
-def test_the_link_stage_over_every_detector_publishes_what_replay_does() -> None:
-    """Link messages of the three detectors interleaved (as the link partition holds them),
-    one of them delivered twice, the stage resumed half-way: replay's alerts, byte for byte."""
-    runs = [[s for s in sends if s[0].endswith(".link")] for sends in detect_runs().values()]
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_link_stage_over_every_detector_publishes_what_replay_does(name: str) -> None:
+    """Link messages of the three detectors (or burst's three shards) interleaved (as the
+    link partition holds them), one of them delivered twice, the stage resumed half-way:
+    replay's alerts, byte for byte."""
+    runs = [[s for s in sends if s[0].endswith(".link")] for sends in detect_runs(name).values()]
     order: list[bytes] = []
     for k in range(max(map(len, runs))):
         for r in runs:
@@ -151,7 +187,7 @@ def test_the_link_stage_over_every_detector_publishes_what_replay_does() -> None
                 order.append(r[k][2])
     order.insert(len(order) // 3, order[len(order) // 3 - 2])  # a detect stage sent one again
     msgs = [Msg(i, []) for i in range(len(order))]
-    alerts, _ = drive(link_stage(), msgs, order, cut=len(order) // 2)
+    alerts, _ = drive(link_stage(CONFIGS[name]), msgs, order, cut=len(order) // 2)
     pipe = Pipeline.from_config(Config())
     events, _ = parse_messages(input_lines())
     want = [a.to_json() for a in pipe.process(events) + pipe.advance(math.inf)]
@@ -203,7 +239,8 @@ def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]
     return alerts, [x for x in sends if not x[0].endswith(".link")]
 
 
-def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving() -> None:
+@pytest.mark.parametrize("name", CONFIGS)
+def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving(name: str) -> None:
     """Three partitions framed in turn, or one after another (a backlog that ingest reads
     partition by partition), or by two ingests of which one starts late: no event is late,
     and each detector finds what it finds on the input in one partition; a stage resumed
@@ -213,17 +250,19 @@ def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_i
     backlog = [p for p in range(3) for _ in frames[p]]
     # two ingests; the one reading partition 2 fetches only once the other is through
     late_one = [p for k in range(max(map(len, frames))) for p in range(2) if k < len(frames[p])] + [2] * len(frames[2])
-    for u, straight in detect_runs().items():
+    config = CONFIGS[name]
+    for u, straight in detect_runs(name).items():
         want, _ = alerts_and_dead_letters(straight)
         for order, ingests in ((turns, None), (backlog, None), (late_one, [[0, 1], [2]])):
             msgs, values = work_messages(frames, order, ingests)
-            sends, _ = drive(detect_stage(u, partitions=3), msgs, values)
+            values = routed(config, msgs, values)[u]
+            sends, _ = drive(detect_stage(u, partitions=3, config=config), msgs, values)
             alerts, dead = alerts_and_dead_letters(sends)
             assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
             # once all three are caught up the ticks close to the newest event, as in one partition
             assert alerts == want, f"detector {u}"
         # a stage restored a third of the way in (from its state and offsets) sends the same
-        assert drive(detect_stage(u, partitions=3), msgs, values, cut=len(msgs) // 3)[0] == sends, f"detector {u}"
+        assert drive(detect_stage(u, partitions=3, config=config), msgs, values, cut=len(msgs) // 3)[0] == sends, f"unit {u}"
 
 
 def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stale_does() -> None:
@@ -262,3 +301,26 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
                        max_size=8))  # fmt: skip
 def test_highwaters_header_gives_back_the_partitions_offsets_and_times(reports: dict[tuple[str, int], Any]) -> None:
     assert dict(parse_highwaters(pack_highwaters(reports))) == reports
+
+
+def test_a_shard_given_a_frame_cut_across_one_it_has_taken_takes_only_the_new_messages_events() -> None:
+    """An ingest that restarted re-sends from its committed offset, cut into other frames: a
+    shard (burst.1) takes, of a frame that overlaps what it has, the events of the messages
+    it has not (envelopes of 7 events: an event's message decides), and finds what it finds
+    on frames that never overlap."""
+    lines = input_lines()
+    messages = [b"[" + b",".join(lines[i : i + 7]) + b"]" for i in range(0, len(lines), 7)]
+    headers = [("source_topic", b"ev"), ("source_partition", b"0")]
+
+    def log(bounds: list[tuple[int, int]]) -> tuple[list[Msg], list[bytes]]:
+        values = [pack_frames(list(range(a, b)), [None] * (b - a), messages[a:b]) for a, b in bounds]
+        return [Msg(i, headers) for i in range(len(values))], values
+
+    even = [(a, min(a + 40, len(messages))) for a in range(0, len(messages), 40)]
+    overlapping = [x for a, b in even for x in ([(a, b)] if a % 120 else [(a, b), (max(a - 25, 0), b + 15)])]
+    got = []
+    for bounds in (even, overlapping):
+        msgs, values = log(bounds)
+        sends, _ = drive(detect_stage(3, config=SHARDED), msgs, routed(SHARDED, msgs, values)[3])
+        got.append(alerts_and_dead_letters(sends))
+    assert got[0][0] and got[1] == got[0]

@@ -25,7 +25,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from detectors.events import Rejection, parse_message
+from detectors.burst import BurstDetector
+from detectors.events import Rejection, parse_message, parse_obj
+from detectors.params import BurstParams
 from detectors.synthetic import SyntheticStream
 from tests.helpers import read_topic as read_records
 from streams.broker import EmbeddedBroker
@@ -95,7 +97,8 @@ def summarise(lines: list[bytes]) -> set[tuple[Any, ...]]:
 class Setup:
     """One test's config file, topics and worker processes."""
 
-    def __init__(self, broker: EmbeddedBroker, tmp: Path, procs: list[subprocess.Popen[bytes]], **kafka: Any) -> None:
+    def __init__(self, broker: EmbeddedBroker, tmp: Path, procs: list[subprocess.Popen[bytes]],
+                 shards: dict[str, int] | None = None, **kafka: Any) -> None:  # fmt: skip
         self.broker, self.tmp, self.procs = broker, tmp, procs
         tag = f"t{uuid.uuid4().hex[:10]}"
         self.app_id = tag
@@ -107,6 +110,8 @@ class Setup:
         lines = ["[kafka]"] + [f"{k} = {orjson.dumps(v).decode()}" for k, v in settings.items()]
         lines += ["[topics]", f'events = ["{self.events}"]', f'alerts = "{self.alerts}"', f'dead_letter = "{self.dlq}"']
         lines += ["[events]", f"max_event_bytes = {MAX_EVENT_BYTES}", "[replay]", "progress = false"]
+        if shards:
+            lines += ["[work]", "shards = {" + ", ".join(f"{k} = {n}" for k, n in shards.items()) + "}"]
         self.config = tmp / "coordwatch.toml"
         self.config.write_text("\n".join(lines) + "\n")
 
@@ -342,10 +347,13 @@ def stages(w: Worker) -> set[str]:
     return {k[len(prefix) : -1] for k in w.metrics() if k.startswith(prefix)}
 
 
-def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream_file, expected):
+@pytest.mark.parametrize("shards", [None, {"burst": 2}], ids=["whole", "burst-in-2-shards"])
+def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream_file, expected, shards):
     """Idle workers, then the whole stream at once on four partitions, two per worker's ingest:
-    each detect stage waits until both ingests have seen their partitions' backlog."""
-    s = Setup(broker, tmp_path, procs)
+    each detect stage waits until both ingests have seen their partitions' backlog. Also with
+    burst split by key into two shards (five work partitions): the alerts of replay, which
+    runs burst whole."""
+    s = Setup(broker, tmp_path, procs, shards)
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
     s.cli("produce", str(stream_file), "--spread")
     w1.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 90, "the alerts")
@@ -400,21 +408,28 @@ def test_a_work_topic_made_for_another_detector_set_stops_the_worker_at_start(br
     assert "use a new kafka.app_id" in run.stderr
 
 
-def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broker, tmp_path, procs):
-    s = Setup(broker, tmp_path, procs)
+@pytest.mark.parametrize("shards", [None, {"burst": 3}], ids=["whole", "burst-in-3-shards"])
+def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broker, tmp_path, procs, shards):
+    """Once per detector, or per shard of burst that its keys go to."""
+    s = Setup(broker, tmp_path, procs, shards)
     base = 1_700_000_000.0
     on_time = [{"ts": base + i, "account_id": f"a{i % 7}", "action": "post", "text": f"post number {i}"} for i in range(0, 7200, 3)]
-    late = {"ts": base + 60, "account_id": "late-one", "action": "post", "text": "an hour too late", "event_id": "late-1"}
+    late = {"ts": base + 60, "account_id": "late-one", "action": "post", "text": "an hour too late #toolate", "event_id": "late-1"}
+    if shards:
+        routes = BurstDetector(BurstParams()).route([parse_obj(late)], shards["burst"])  # type: ignore[list-item]
+        bursts = [f"burst.{k}" for k, idx in enumerate(routes) if idx.size]
+    else:
+        bursts = ["burst"]
     w = s.start_worker()
     producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
     for i in range(0, len(on_time), 10):  # envelopes within max_event_bytes
         producer.send(s.events, key=b"k", value=orjson.dumps(on_time[i : i + 10]))
     producer.send(s.events, key=b"k", value=orjson.dumps(late)).get(10)
     producer.close()
-    w.wait_for(lambda: w.metric("coordwatch_rejected_total{reason=late}") >= 3, 30, "the late dead letters")
+    w.wait_for(lambda: w.metric("coordwatch_rejected_total{reason=late}") >= 2 + len(bursts), 30, "the late dead letters")
     time.sleep(2)
     _, records = read_topic(broker, s.dlq)
     heads = [{k: v.decode() for k, v in r.headers} for r in records]
-    assert sorted(h["detector"] for h in heads) == ["burst", "co_action", "near_duplicate"]
+    assert bursts and sorted(h["detector"] for h in heads) == sorted([*bursts, "co_action", "near_duplicate"])
     assert {(h["reason"], h["source_topic"]) for h in heads} == {("late", s.events)}
     assert all(orjson.loads(r.value)["event_id"] == "late-1" for r in records)

@@ -1,0 +1,92 @@
+"""``coordwatch bench shards``: what splitting a keyed detector by key buys, in-process.
+
+For each keyed detector (burst) on the generator mix (24 h, 0.69 M events; 6 h with
+``--quick``), parsed once, in batches of 10 k events as a worker frames them: the CPU time
+of the whole detector in a :class:`~detectors.pipeline.Detection`, beside the CPU time of
+its busiest shard of ``n`` (fed only the events ``route`` gives it, with the times of all:
+what a work partition of a worker runs), the shards' sum, and the routing, which ingest
+pays. Every split must find the whole's alerts, or the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from detectors.base import Alert, Detector
+from detectors.events import Event, parse_messages
+from detectors.pipeline import Detection, detector_classes, tune_gc
+from streams.benchmarks.common import Row
+from streams.config import SECTIONS
+
+BATCH = 10_000
+SHARDS = (2, 4)
+REPEAT = 2
+
+
+def _generate(out: Path, hours: float) -> list[Event]:
+    subprocess.run(
+        [sys.executable, "-m", "streams", "generate", "--out", str(out), "--hours", str(hours), "--rate", "8",
+         "--no-progress"],
+        check=True, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    events, _ = parse_messages((out / "events.jsonl").read_bytes().splitlines())
+    return events
+
+
+def _run(det: Detector, batches: Sequence[tuple[list[Event], np.ndarray]],
+         routes: Sequence[np.ndarray] | None) -> tuple[float, list[bytes]]:  # fmt: skip
+    """CPU seconds of one detector (or shard) over the batches, and its alerts (sorted)."""
+    d = Detection([det], 10.0, det.params.allowed_lateness_s)
+    found: list[Alert] = []
+    t0 = time.process_time()
+    for k, (part, times) in enumerate(batches):
+        idx = None if routes is None else routes[k]
+        mine = part if idx is None else [part[i] for i in idx.tolist()]
+        d.add(mine, "s", times, idx)
+        found += d.advance(d.newest)
+    found += d.advance(math.inf)
+    return time.process_time() - t0, sorted(a.to_json() for a in found)
+
+
+def run(quick: bool = False) -> list[Row]:
+    tune_gc()
+    with tempfile.TemporaryDirectory() as tmp:
+        events = _generate(Path(tmp), 6 if quick else 24)
+    batches = [(events[i : i + BATCH], np.array([e.ts for e in events[i : i + BATCH]]))
+               for i in range(0, len(events), BATCH)]  # fmt: skip
+    rows = []
+    for name, cls in detector_classes().items():
+        if not cls.KEYED:
+            continue
+        params = SECTIONS[name]()
+        whole_s, want = min(_run(cls(params), batches, None) for _ in range(REPEAT))
+        rows.append(Row(f"{name} whole, {len(events)} events (CPU)", whole_s, "s (lower is better)"))
+        for n in SHARDS:
+            router = cls(params)
+            t0 = time.process_time()
+            routes = [router.route(part, n) for part, _ in batches]
+            route_s = time.process_time() - t0
+            shard_s, found = [], []
+            for s in range(n):
+                best, got = min(_run(cls(params, (s, n)), batches, [r[s] for r in routes]) for _ in range(REPEAT))
+                shard_s.append(best)
+                found += got
+            if sorted(found) != want:
+                raise AssertionError(f"{name} in {n} shards found {len(found)} alerts, whole {len(want)}")
+            rows += [
+                Row(f"  busiest of {n} shards (a work partition's CPU)", max(shard_s), "s (lower is better)",
+                    f"{name} whole (same run)", whole_s, key=f"{name}_shard_of_{n}_vs_whole", figure="ratio"),
+                Row(f"  all {n} shards together", sum(shard_s), "s (lower is better)", f"{name} whole (same run)",
+                    whole_s, key=f"{name}_{n}_shards_sum_vs_whole", figure="ratio"),
+                Row(f"  routing into {n} shards (ingest's CPU)", route_s, "s (lower is better)",
+                    f"{name} whole (same run)", whole_s, key=f"{name}_route_{n}_vs_whole", figure="ratio"),
+            ]
+    return rows
