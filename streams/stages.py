@@ -270,7 +270,6 @@ class Framer:
                  values: list[bytes]) -> tuple[list[bytes], list[Send]]:  # fmt: skip
         frame = pack_frames(offsets, keys, values)
         events, rejected, origins = self.parse(src, offsets, values)
-        EVENTS.inc(len(events))
         dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         if not self.routers:
             return [frame] * len(self.units), dead
@@ -351,7 +350,7 @@ class DetectStage(Stage):
         self.detector = self.unit.detector
         super().__init__(config, f"detect-{self.unit.name}", tp, app)
         self.parse = parse
-        self.primary = tp.partition == 0  # sets the watermark gauge
+        self.primary = tp.partition == 0  # counts the events and sets the watermark gauge, once
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
         detectors = enabled_detectors(config, [self.detector], self.unit.shard)
         self.detection = Detection(detectors, config.linking.tick_s, lateness)
@@ -415,8 +414,9 @@ class DetectStage(Stage):
         for e in self.detection.add(events, key, times, members):
             r = self.detection.late_rejection(e)
             out.sends.append(dead_letter(self.config, src, None, None, self.unit.name, r))
-        if len(events) if times is None else times.size:  # the newest event time may have moved
+        if count := len(events) if times is None else times.size:  # the newest event time may have moved
             if self.primary:
+                EVENTS.inc(count)
                 WATERMARK.set(self.detection.newest)
             self.history.append((now, self.detection.newest))
         # a usable cover is at most REPORT_VALID_S old: keep the entry before that, and later ones
