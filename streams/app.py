@@ -4,11 +4,12 @@ Three agents, each on its own topic, so that N workers in one group compute exac
 
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
   frames the input messages of a batch with their offsets into frames per input partition
-  (at most ``FRAME_BYTES``), parses each frame (:class:`~streams.stages.Framer`, on the
-  worker's CPU thread, into the parse cache its detect stages share), sends the rejections
-  to the dead-letter topic (headers ``source_topic``, ``source_partition``,
-  ``source_offset``, ``reason``, ``detail``, and ``index`` for an envelope element) and
-  each work partition its part of the frame, then acks the input. Messages larger than
+  (at most ``FRAME_BYTES``) and sends each work partition its part of the frame
+  (:class:`~streams.stages.Framer`), then acks the input. If a detector is split into
+  shards, ingest parses each frame to route its events (on the worker's CPU thread, into
+  the parse cache its detect stages share) and sends the rejections to the dead-letter
+  topic (headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``,
+  ``detail``, and ``index`` for an envelope element); else the stage of work partition 0 does. Messages larger than
   ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries the
   high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S``
   ingest sends them alone (an empty frame): how the detect stages tell a partition that may
@@ -145,7 +146,9 @@ class Runner:
         for tp, (offsets, keys, values) in by_tp.items():
             src = (tp.topic, tp.partition)
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
-                frames, dead = await self._cpu(self.framer, src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                # on the stages' thread if it parses (their parse cache), else here: framing is cheap
+                frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
                 futures += [await self._send(d) for d in dead]
                 futures += await self._frame(frames, tp, highwaters)
             LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))

@@ -226,9 +226,9 @@ Parse = Callable[[tuple[str, int], list[int], list[bytes]], Parsed]
 
 
 class ParseCache:
-    """The parse of the last frames: ingest parses a frame to route it and report its
-    rejections, and the detect stages of whole detectors get a copy of it; those on one
-    worker parse it once (one worker, 300 k events in 100-event envelopes: parsing was 42 %
+    """The parse of the last frames: the detect stages of whole detectors get a copy of each
+    frame (and ingest parses it too when it routes events to shards); those on one worker
+    parse it once (one worker, 300 k events in 100-event envelopes: parsing was 42 %
     of its CPU with three parses). Bounded by the frames' bytes, as the stages on one worker
     read their partitions at their own pace."""
 
@@ -253,26 +253,34 @@ class ParseCache:
         return parsed
 
 
+def rejections_at_ingest(config: Config) -> bool:
+    """Whether ingest reports the parse rejections: only if it parses, to route events to a
+    shard; else the first detect stage does, as it parses the frames anyway. Not both: in a
+    backlog ingest runs far ahead of the stages, and the parse it left in the cache is gone
+    by the time a stage reads the frame (one parse more per frame)."""
+    return any(u.sharded for u in work_units(config))
+
+
 class Framer:
     """What ingest sends for a frame of input partition ``src``: to each work partition the
     frame itself (a whole detector parses it there, in its worker's :class:`ParseCache`), or
     to a shard of a keyed detector only the events of its keys, with the offsets and times
-    of all the frame's events (:func:`pack_routed`); and the rejections, as dead letters
-    (headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``,
-    ``detail``, and ``index`` for an envelope element)."""
+    of all the frame's events (:func:`pack_routed`); and, if it parsed, the rejections as
+    dead letters (:func:`rejections_at_ingest`)."""
 
     def __init__(self, config: Config, parse: Parse) -> None:
         self.config, self.parse = config, parse
         self.units = work_units(config)
         self.routers = {u.detector: enabled_detectors(config, [u.detector])[0] for u in self.units if u.sharded}
+        self.parses = rejections_at_ingest(config)
 
     def __call__(self, src: tuple[str, int], offsets: list[int], keys: list[bytes | None],
                  values: list[bytes]) -> tuple[list[bytes], list[Send]]:  # fmt: skip
         frame = pack_frames(offsets, keys, values)
+        if not self.parses:
+            return [frame] * len(self.units), []
         events, rejected, origins = self.parse(src, offsets, values)
         dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
-        if not self.routers:
-            return [frame] * len(self.units), dead
         at = np.asarray(offsets, dtype=np.int64)[origins]
         times = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
         routes = {name: r.route(events, self.config.work.shards[name]) for name, r in self.routers.items()}
@@ -326,7 +334,8 @@ class DetectStage(Stage):
     the frames, or a shard of a keyed one over the events of its keys (the frames routed by
     :class:`Framer`: judged late and cut into ticks by the times of all events, so the
     shards together find what the whole detector does). Its late events are dead-lettered
-    with header ``detector`` = the unit's name (``burst.1``).
+    with header ``detector`` = the unit's name (``burst.1``); the first stage also counts
+    the events and, unless ingest does, dead-letters the parse rejections.
 
     Each input partition is a source of the :class:`Detection`, so an event is late only
     against the events before it in its own partition. Ticks close only as far as no
@@ -351,6 +360,7 @@ class DetectStage(Stage):
         super().__init__(config, f"detect-{self.unit.name}", tp, app)
         self.parse = parse
         self.primary = tp.partition == 0  # counts the events and sets the watermark gauge, once
+        self.rejects = self.primary and not rejections_at_ingest(config)  # dead-letters the parse rejections
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
         detectors = enabled_detectors(config, [self.detector], self.unit.shard)
         self.detection = Detection(detectors, config.linking.tick_s, lateness)
@@ -377,7 +387,7 @@ class DetectStage(Stage):
         if self.detection.closed > before:
             self.dirty = True
             # a JSON head line, then one alert per line (their canonical bytes, as published)
-            head = {"unit": self.unit.name, "offset": msg.offset, "closed": tick_json(self.detection.closed),
+            head = {"detector": self.unit.name, "offset": msg.offset, "closed": tick_json(self.detection.closed),
                     "at": [a.at for a in found]}  # fmt: skip
             body = b"\n".join([orjson.dumps(head), *(a.to_json() for a in found)])
             out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
@@ -407,7 +417,9 @@ class DetectStage(Stage):
             if not offsets:
                 return
             nxt = offsets[-1] + 1
-            events = self.parse(src, offsets, values)[0]
+            events, rejected, _ = self.parse(src, offsets, values)
+            if self.rejects:
+                out.sends += [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         self.offsets[src] = nxt
         self.progress[key] = now
         self.dirty = True
@@ -477,13 +489,13 @@ class LinkStage(Stage):
         self.dirty = True
         lines = value.split(b"\n")
         body = orjson.loads(lines[0])
-        source = (self.work, self.partition_of[body["unit"]])
+        source = (self.work, self.partition_of[body["detector"]])
         out = Out()
         if body["offset"] < self.offsets.get(source, 0):
             return out  # sent again by a detector stage resumed from an older snapshot
         self.offsets[source] = body["offset"] + 1
         found = [Alert.from_json(a, at) for a, at in zip(lines[1:], body["at"])]
-        for a in self.order.offer(body["unit"], json_tick(body["closed"]), found):
+        for a in self.order.offer(body["detector"], json_tick(body["closed"]), found):
             if a.alert_id in self.seen:
                 SUPPRESSED.inc()
             else:

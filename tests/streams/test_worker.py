@@ -205,8 +205,10 @@ def counts(stream_file: Path) -> tuple[int, int]:
 
 
 # -- tests -------------------------------------------------------------------------------
-def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(broker, tmp_path, procs):
-    s = Setup(broker, tmp_path, procs)
+@pytest.mark.parametrize("shards", [None, {"burst": 2}], ids=["whole", "burst-in-2-shards"])
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(broker, tmp_path, procs, shards):
+    """Reported by the first detect stage, or with shards by ingest, which then parses."""
+    s = Setup(broker, tmp_path, procs, shards)
     good = b'{"ts": 1700000000, "account_id": "a1", "action": "post", "text": "hello"}'
     inputs = [
         good,
