@@ -300,21 +300,25 @@ def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late
     s.assert_alerts_once(expected)
 
 
+@pytest.mark.parametrize("shards", [None, {"burst": 2}], ids=["whole", "burst-in-2-shards"])
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
-    broker, tmp_path, procs, stream_file, expected
+    broker, tmp_path, procs, stream_file, expected, shards
 ):
-    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    s = Setup(broker, tmp_path, procs, shards, batch_messages=2)
     messages, _ = counts(stream_file)
     w = s.start_worker()
     producer = s.produce_live(stream_file)
     w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages * 0.4, 60, "40% of the stream")
+    w.wait_for(lambda: len(s.alert_values()) >= 3, 60, "some alerts")  # killed with alerts out
     w.kill()
-    before = len(s.alert_values())
+    before, live = len(s.alert_values()), producer.poll() is None
     assert producer.wait(60) == 0
     w2 = s.start_worker()
     w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 60, "the rest of the alerts")
-    print(f"{before} alerts before the kill; restarted worker suppressed {w2.metric('coordwatch_alerts_suppressed_total'):.0f}")
+    print(f"{before} of {len(expected)} alerts out at the kill, producer still running: {live}; restarted worker "
+          f"suppressed {w2.metric('coordwatch_alerts_suppressed_total'):.0f}")
     s.assert_alerts_once(expected)
+    assert "restored" in w2.log_text(), "the restarted worker should resume its stages from their snapshots"
 
 
 def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_path, procs, stream_file, expected):
