@@ -4,7 +4,7 @@ Three agents, each on its own topic, so that N workers in one group compute exac
 
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
   frames the input messages of a batch with their offsets into frames per input partition
-  (at most ``FRAME_BYTES``) and sends each work partition its part of the frame
+  (at most ``FRAME_BYTES``, a quarter if it routes) and sends each work partition its part of the frame
   (:class:`~streams.stages.Framer`), then acks the input. If a detector is split into
   shards, ingest parses each frame to route its events (on the worker's CPU thread, into
   the parse cache its detect stages share) and sends the rejections to the dead-letter
@@ -77,7 +77,6 @@ from streams.config import Config
 from streams.metrics import ALERTS, HELD, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
-    FRAME_BYTES,
     DetectStage,
     Framer,
     LinkStage,
@@ -145,7 +144,7 @@ class Runner:
         highwaters = self._highwaters()
         for tp, (offsets, keys, values) in by_tp.items():
             src = (tp.topic, tp.partition)
-            for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], FRAME_BYTES):
+            for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], self.framer.frame_bytes):
                 part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
                 # on the stages' thread if it parses (their parse cache), else here: framing is cheap
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)

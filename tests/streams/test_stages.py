@@ -27,10 +27,12 @@ from streams.stages import (
     Stage,
     chunks,
     link_topic,
+    max_message_bytes,
     pack_frames,
     pack_highwaters,
     parse_highwaters,
     unpack_frames,
+    unpack_routed,
     work_topic,
     work_units,
 )
@@ -324,3 +326,22 @@ def test_a_shard_given_a_frame_cut_across_one_it_has_taken_takes_only_the_new_me
         sends, _ = drive(detect_stage(3, config=SHARDED), msgs, routed(SHARDED, msgs, values)[3])
         got.append(alerts_and_dead_letters(sends))
     assert got[0][0] and got[1] == got[0]
+
+
+def test_a_routed_frame_stays_within_the_largest_message_a_worker_sends() -> None:
+    """Worst cases for a shard's part of a frame of ``Framer.frame_bytes``: texts of nothing but
+    hashtags and URLs (both extracted beside the text), tiny events without ids (derived), and
+    one message alone of ``max_event_bytes``; every event in the shard (one hashtag each)."""
+    config = Config(work=WorkParams(shards={"burst": 2}))
+    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    limit = max_message_bytes(config)
+    tag = next(f"t{i}" for i in range(100) if framer.routers["burst"].route(  # a hashtag of shard 0
+        parse_messages([orjson.dumps({"ts": 1.0, "account_id": "a", "action": "post", "text": f"#t{i}"})])[0],
+        2)[0].size)  # fmt: skip
+    dense = orjson.dumps({"ts": 1.0, "account_id": "a", "action": "post",
+                          "text": " ".join([f"#{tag}"] + [f"#x{i} https://e.com/{i}" for i in range(40)])})  # fmt: skip
+    tiny = orjson.dumps({"ts": 1.0, "account_id": "a", "action": "like", "hashtags": [tag]})
+    huge = b"[" + b",".join([tiny] * (config.events.max_event_bytes // (len(tiny) + 1) - 1)) + b"]"
+    for one, count in ((dense, framer.frame_bytes // len(dense)), (tiny, framer.frame_bytes // len(tiny)), (huge, 1)):
+        frames, _ = framer(("ev", 0), list(range(count)), [None] * count, [one] * count)
+        assert len(unpack_routed(frames[2])[4]) > 0 and max(map(len, frames)) <= limit, (len(one), len(frames[2]), limit)
