@@ -4,12 +4,13 @@ Three agents, each on its own topic, so that N workers in one group compute exac
 
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
   frames the input messages of a batch with their offsets into frames per input partition
-  (at most ``FRAME_BYTES``, a quarter if it routes) and sends each work partition its part of the frame
-  (:class:`~streams.stages.Framer`), then acks the input. If a detector is split into
-  shards, ingest parses each frame to route its events (on the worker's CPU thread, into
-  the parse cache its detect stages share) and sends the rejections to the dead-letter
-  topic (headers ``source_topic``, ``source_partition``, ``source_offset``, ``reason``,
-  ``detail``, and ``index`` for an envelope element); else the stage of work partition 0 does. Messages larger than
+  (at most ``FRAME_BYTES``, a quarter if it routes) and sends each work partition its part
+  of the frame (:class:`~streams.stages.Framer`), then acks the input. If a detector is
+  split into shards, ingest parses each frame to route its events (on the worker's CPU
+  thread, into the parse cache its detect stages share) and sends the rejections to the
+  dead-letter topic (headers ``source_topic``, ``source_partition``, ``source_offset``,
+  ``reason``, ``detail``, and ``index`` for an envelope element); else the stage of work
+  partition 0 does. Messages larger than
   ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries the
   high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S``
   ingest sends them alone (an empty frame): how the detect stages tell a partition that may
