@@ -28,10 +28,13 @@ from detectors.events import (
     Rejection,
     canonical_url,
     event_to_json,
+    pack_events,
     parse_event,
     parse_message,
     parse_messages,
     parse_obj,
+    parse_with_origins,
+    unpack_events,
     url_domain,
 )
 from detectors.replay import ReplaySummary, _batches, open_events
@@ -409,6 +412,19 @@ def test_fuzz_valid_events_parse_and_round_trip(objs: list[dict]):
     assert all(isinstance(e, Event) for e in out), out
     _check(out, len(objs))
     assert [parse_obj(o) for o in objs] == out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(valid_dicts, max_size=3) | contract_dicts | json_values, max_size=8))
+def test_events_handed_on_come_back_equal_and_know_their_message(values: list[object]):
+    """``pack_events`` / ``unpack_events`` (how a worker hands parsed events to a shard) give
+    back equal events, and ``parse_with_origins`` names each event's message."""
+    msgs = [orjson.dumps(v) for v in values]
+    events, rejected, origins = parse_with_origins(msgs)
+    assert (events, rejected) == parse_messages(msgs)
+    assert unpack_events(pack_events(events)) == events
+    counts = [sum(isinstance(x, Event) for x in parse_message(m)) for m in msgs]
+    assert origins.tolist() == [i for i, c in enumerate(counts) for _ in range(c)]
 
 
 # --- fast paths against their references ----------------------------------------------------
