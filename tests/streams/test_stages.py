@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import faust
+import numpy as np
 import orjson
 import pytest
 from faust.types import TP
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors.events import parse_messages
@@ -29,6 +30,7 @@ from streams.stages import (
     link_topic,
     max_message_bytes,
     pack_frames,
+    pack_routed,
     pack_highwaters,
     parse_highwaters,
     unpack_frames,
@@ -345,3 +347,16 @@ def test_a_routed_frame_stays_within_the_largest_message_a_worker_sends() -> Non
     for one, count in ((dense, framer.frame_bytes // len(dense)), (tiny, framer.frame_bytes // len(tiny)), (huge, 1)):
         frames, _ = framer(("ev", 0), list(range(count)), [None] * count, [one] * count)
         assert len(unpack_routed(frames[2])[4]) > 0 and max(map(len, frames)) <= limit, (len(one), len(frames[2]), limit)
+
+
+@settings(deadline=None)  # the first example parses the input
+@given(st.integers(0, 2**62), st.lists(st.tuples(st.integers(0, 2**62), st.floats(0, 4e9)), max_size=30), st.data())
+def test_routed_frames_give_back_the_offsets_times_members_and_events(nxt: int, rows: list[tuple[int, float]],
+                                                                      data: st.DataObject) -> None:  # fmt: skip
+    offsets, times = np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows])
+    members = np.array(sorted(data.draw(st.sets(st.integers(0, max(len(rows) - 1, 0)), max_size=len(rows)))
+                              if rows else []), dtype=np.int64)  # fmt: skip
+    events = parse_messages(input_lines()[: members.size])[0][: members.size]
+    got = unpack_routed(pack_routed(nxt, offsets, times, members, events))
+    assert got[0] == nxt and got[4] == events
+    assert all(np.array_equal(a, b) for a, b in zip(got[1:4], (offsets, times, members)))
