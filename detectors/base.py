@@ -247,9 +247,10 @@ class Detector(ABC, Generic[P]):
             raise IncompatibleSketchError(
                 f"{cls.NAME} snapshot was taken with other parameters ({'; '.join(diffs)})"
             )
-        if tuple(header.get("shard", WHOLE)) != shard:  # absent before shards: whole
+        stored = tuple(header.get("shard", WHOLE))  # absent before shards: whole
+        if stored != shard:
             raise IncompatibleSketchError(
-                f"{cls.NAME} snapshot was taken as shard {header['shard']} (shard, of), this is {list(shard)}"
+                f"{cls.NAME} snapshot was taken as shard {list(stored)} (shard, of), this is {list(shard)}"
             )
         det = cls(params, shard)
         det.watermark = -math.inf if header["watermark"] is None else header["watermark"]

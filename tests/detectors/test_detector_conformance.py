@@ -184,3 +184,5 @@ def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
         assert cls.restore(params, data, (1, n)).snapshot() == data
         with pytest.raises(IncompatibleSketchError, match="shard"):
             cls.restore(params, data, (0, n))
+        with pytest.raises(IncompatibleSketchError, match=r"shard \[0, 1\]"):  # a whole detector's
+            cls.restore(params, make(name).snapshot(), (1, n))
