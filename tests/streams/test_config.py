@@ -68,6 +68,9 @@ def test_config_is_frozen():
         (["kafka.security_protocol=SASL_SSL"], ["kafka.sasl_mechanism", "kafka.sasl_password"]),
         (["co_action.object_fields=['x']"], ["co_action.object_fields", "'object_id'"]),
         (["nodots=1"], ["section.key"]),
+        (["work.shards={co_action=2}"], ["work.shards.co_action = 2", "only a keyed detector", "(burst)",
+                                         "remove co_action"]),
+        (["work.shards={burst=0}"], ["work.shards.burst = 0", "1 to 64"]),
     ],
 )
 def test_errors_name_key_value_and_what_is_allowed(sets, must_mention):
@@ -97,8 +100,9 @@ def test_show_output_is_a_valid_config_that_reloads_to_the_same(tmp_path: Path):
     text = cfg.to_toml(loaded)
     assert "hunter2" not in text
     f = tmp_path / "shown.toml"
-    f.write_text(cfg.to_toml(cfg.load(preset="high-precision", environ={})))
-    assert cfg.load(f, environ={}).config == cfg.load(preset="high-precision", environ={}).config
+    sets = ["work.shards={burst=3}"]  # an inline table
+    f.write_text(cfg.to_toml(cfg.load(preset="high-precision", sets=sets, environ={})))
+    assert cfg.load(f, environ={}).config == cfg.load(preset="high-precision", sets=sets, environ={}).config
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
