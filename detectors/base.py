@@ -9,7 +9,7 @@ agents (a partition of a topic):
 * ``snapshot()`` / ``restore(params, data)`` — all state as versioned bytes (the
   :mod:`sketches.protocol` layout, never pickle), so a restarted worker resumes.
 
-A *keyed* detector (``KEYED``: its alerts are per key, and keys never meet) can be split
+A *keyed* detector (:class:`KeyedDetector`: its alerts are per key, and keys never meet) can be split
 into ``n`` shards, ``shard = (s, n)``: shard ``s`` handles only the keys whose seeded hash
 is ``s`` modulo ``n``, and ``route(events, n)`` says which events carry keys of which shard,
 so a worker can send each shard only its events. The shards together find what one
@@ -142,11 +142,10 @@ class Detector(ABC, Generic[P]):
 
     NAME: ClassVar[str]
     STATE_VERSION: ClassVar[int]
-    KEYED: ClassVar[bool] = False  # can be split into shards by key (module docstring)
 
     def __init__(self, params: P, shard: Shard = WHOLE) -> None:
         s, n = shard
-        if not 0 <= s < n or (n > 1 and not self.KEYED):
+        if not 0 <= s < n or (n > 1 and not isinstance(self, KeyedDetector)):
             raise ValueError(f"{self.NAME} cannot run as shard {s} of {n}")
         self.params = params
         self.shard = shard
@@ -188,10 +187,6 @@ class Detector(ABC, Generic[P]):
         """The stream's first event is at ``t``, before any of ``process``: a shard may get its
         own first event later, and a detector whose warm-up counts from the first event
         (burst) must count from the stream's."""
-
-    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
-        """For each of ``n`` shards, the indices of the events that carry its keys (``KEYED`` only)."""
-        raise NotImplementedError(f"{self.NAME} is not keyed")
 
     def advance(self, watermark: float) -> list[Alert]:
         """Event time has reached ``watermark``: close windows, return their alerts."""
@@ -257,3 +252,12 @@ class Detector(ABC, Generic[P]):
         det.stats = Counter(header["stats"])
         det._load_state(header["state"], arrays)
         return det
+
+
+class KeyedDetector(Detector[P]):
+    """A detector whose alerts are per key, and keys never meet: it splits into shards by key
+    (module docstring)."""
+
+    @abstractmethod
+    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
+        """For each of ``n`` shards, the indices of the events that carry its keys."""

@@ -104,7 +104,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
+from detectors.base import WHOLE, Alert, KeyedDetector, Shard, stable_id
 from detectors.events import Event, event_to_json, parse_event, url_domain
 from detectors.params import BurstParams
 from sketches.countmin import SlidingCountMin
@@ -331,10 +331,9 @@ _PANE, _SPAN, _WAVE = 0, 1, 2  # the three tests
 _TEST_NAMES = ("pane", "span", "wave")
 
 
-class BurstDetector(Detector[BurstParams]):
+class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and alerts are its own
     NAME: ClassVar[str] = "burst"
     STATE_VERSION: ClassVar[int] = 2
-    KEYED: ClassVar[bool] = True  # a key's counts, baseline and alerts are its own
 
     def __init__(self, params: BurstParams, shard: Shard = WHOLE) -> None:
         super().__init__(params, shard)

@@ -112,9 +112,10 @@ class WorkParams(Section):
 
     @model_validator(mode="after")
     def _keyed(self) -> Self:
+        from detectors.base import KeyedDetector
         from detectors.pipeline import detector_classes
 
-        keyed = [name for name, cls in detector_classes().items() if cls.KEYED]
+        keyed = [name for name, cls in detector_classes().items() if issubclass(cls, KeyedDetector)]
         for name, n in self.shards.items():
             if name not in keyed:
                 raise ValueError(f"work.shards.{name} = {n}: only a keyed detector splits ({', '.join(keyed)}); remove {name}")

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import faust
@@ -287,7 +288,7 @@ class Framer:
         events, rejected, origins = self.parse(src, offsets, values)
         dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         at = np.asarray(offsets, dtype=np.int64)[origins]
-        times = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        times = np.fromiter(map(attrgetter("ts"), events), dtype=np.float64, count=len(events))
         routes = {name: r.route(events, self.config.work.shards[name]) for name, r in self.routers.items()}
         out = []
         for u in self.units:

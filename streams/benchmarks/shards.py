@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.base import Alert, Detector
+from detectors.base import Alert, Detector, KeyedDetector
 from detectors.events import Event, parse_messages
 from detectors.pipeline import Detection, detector_classes, tune_gc
 from streams.benchmarks.common import Row
@@ -64,7 +64,7 @@ def run(quick: bool = False) -> list[Row]:
                for i in range(0, len(events), BATCH)]  # fmt: skip
     rows = []
     for name, cls in detector_classes().items():
-        if not cls.KEYED:
+        if not issubclass(cls, KeyedDetector):
             continue
         params = SECTIONS[name]()
         whole_s, want = min(_run(cls(params), batches, None) for _ in range(REPEAT))

@@ -354,7 +354,7 @@ class Bench:
         self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
         # the workers run the default config, burst in ``shards`` shards
         self.sets = [f"work.shards={{burst={shards}}}"] if shards > 1 else []
-        self.detectors = len(work_units(Config(work=WorkParams(shards={"burst": shards}))))
+        self.units = len(work_units(Config(work=WorkParams(shards={"burst": shards}))))
 
     @property
     def servers(self) -> str:
@@ -492,7 +492,7 @@ class Bench:
             while True:  # the marker reached every detector stage: the assignment is settled
                 ms = [w.metrics() or {} for w in workers]
                 started = sum(len(re.findall(r"detect-[\w.]+: no snapshot on", w.log_text())) for w in workers)
-                if started >= self.detectors and all(ms):
+                if started >= self.units and all(ms):
                     break
                 for w in workers:
                     w.check()

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors.base import Alert, Detector
+from detectors.base import Alert, Detector, KeyedDetector
 from detectors.events import Event, parse_obj
 from detectors.pipeline import Detection, detector_classes
 from detectors.schema import alert_errors
@@ -163,7 +163,7 @@ def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
     shard 0; and every 61st event set an hour back."""
     cls = detector_classes()[name]
     params = make(name).params
-    if not cls.KEYED:
+    if not issubclass(cls, KeyedDetector):
         with pytest.raises(ValueError, match="cannot run as shard"):
             cls(params, (0, 2))
         return
