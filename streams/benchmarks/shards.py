@@ -11,8 +11,6 @@ pays. Every split must find the whole's alerts, or the benchmark fails.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,8 +20,10 @@ import numpy as np
 
 from detectors.base import Alert, Detector, KeyedDetector
 from detectors.events import Event, parse_messages
+from detectors.params import LinkingParams
 from detectors.pipeline import Detection, detector_classes, tune_gc
 from streams.benchmarks.common import Row
+from streams.benchmarks.replay import generate
 from streams.config import SECTIONS
 
 BATCH = 10_000
@@ -31,20 +31,10 @@ SHARDS = (2, 4)
 REPEAT = 2
 
 
-def _generate(out: Path, hours: float) -> list[Event]:
-    subprocess.run(
-        [sys.executable, "-m", "streams", "generate", "--out", str(out), "--hours", str(hours), "--rate", "8",
-         "--no-progress"],
-        check=True, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    events, _ = parse_messages((out / "events.jsonl").read_bytes().splitlines())
-    return events
-
-
 def _run(det: Detector, batches: Sequence[tuple[list[Event], np.ndarray]],
          routes: Sequence[np.ndarray] | None) -> tuple[float, list[bytes]]:  # fmt: skip
     """CPU seconds of one detector (or shard) over the batches, and its alerts (sorted)."""
-    d = Detection([det], 10.0, det.params.allowed_lateness_s)
+    d = Detection([det], LinkingParams().tick_s, det.params.allowed_lateness_s)
     found: list[Alert] = []
     t0 = time.process_time()
     for k, (part, times) in enumerate(batches):
@@ -59,7 +49,8 @@ def _run(det: Detector, batches: Sequence[tuple[list[Event], np.ndarray]],
 def run(quick: bool = False) -> list[Row]:
     tune_gc()
     with tempfile.TemporaryDirectory() as tmp:
-        events = _generate(Path(tmp), 6 if quick else 24)
+        mix = generate(Path(tmp), hours=6 if quick else 24, rate=8)
+        events, _ = parse_messages(mix.read_bytes().splitlines())
     batches = [(events[i : i + BATCH], np.array([e.ts for e in events[i : i + BATCH]]))
                for i in range(0, len(events), BATCH)]  # fmt: skip
     rows = []
