@@ -351,7 +351,8 @@ def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]
                 first = True
                 async for events in stream.noack_take(k.batch_messages, within=within):
                     if first:
-                        log.info("%s: first input consumed %.2f s after process start", kind, started_ago())
+                        log.info("%s: first input consumed %.2f s after process start (event loop: %s)", kind,
+                                 started_ago(), type(asyncio.get_running_loop()).__module__)  # fmt: skip
                         first = False
                     await handle(events)
             except asyncio.CancelledError:

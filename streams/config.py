@@ -78,6 +78,9 @@ class KafkaParams(Section):
     max_poll_records: int = Field(
         200, ge=1, le=100_000, description="consumer fetch size in messages (a 100-event envelope is one message)"
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", description="the worker's event loop: asyncio, or uvloop (libuv; see coordwatch bench levers)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

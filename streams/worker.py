@@ -107,6 +107,10 @@ def run(config: Config, worker_id: str | None = None, loglevel: str = "info") ->
         "worker %s: app %s, broker %s, metrics http://%s:%d/metrics",
         worker_id, config.kafka.app_id, describe(config.kafka), config.kafka.web_host, port,
     )  # fmt: skip
+    if config.kafka.event_loop == "uvloop":  # before the app makes its loop
+        import mode.loop
+
+        mode.loop.use("uvloop")
     app, _ = create_app(config, worker_id, [(topic, p) for topic in t.events for p in range(counts[topic])])
     import faust
 

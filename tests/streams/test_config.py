@@ -71,6 +71,7 @@ def test_config_is_frozen():
         (["work.shards={co_action=2}"], ["work.shards.co_action = 2", "only a keyed detector", "(burst)",
                                          "remove co_action"]),
         (["work.shards={burst=0}"], ["work.shards.burst = 0", "1 to 64"]),
+        (["kafka.event_loop=trio"], ["kafka.event_loop", "'trio'", "'asyncio'", "'uvloop'"]),
     ],
 )
 def test_errors_name_key_value_and_what_is_allowed(sets, must_mention):

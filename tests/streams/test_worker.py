@@ -268,8 +268,9 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(br
     assert w.proc.poll() is None
 
 
-def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_file, expected):
-    s = Setup(broker, tmp_path, procs)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_file, expected, loop):
+    s = Setup(broker, tmp_path, procs, event_loop=loop)
     t0 = time.monotonic()
     s.cli("produce", str(stream_file))
     w = s.start_worker()
@@ -277,6 +278,7 @@ def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_
     w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages, 60, "the whole stream")
     w.wait_for(lambda: len(s.alert_values()) >= len(expected), 20, "the alerts")
     print(f"stream of {valid} events: produced, worker started and all alerts out in {time.monotonic() - t0:.1f} s")
+    assert "first input consumed" in w.log_text() and f"(event loop: {loop}" in w.log_text()
     assert w.metric("coordwatch_events_total") == valid
     got = s.alert_values()
     assert len(got) == len(set(got))
