@@ -21,6 +21,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "replay": ("streams.benchmarks.replay",),
     "stream": ("streams.benchmarks.stream",),
     "shards": ("streams.benchmarks.shards",),
+    "levers": ("streams.benchmarks.levers",),
 }
 
 

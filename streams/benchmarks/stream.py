@@ -285,6 +285,7 @@ class StreamRun:
     alerts: int
     cpu: dict[str, float] = field(default_factory=dict)  # process -> cores over the timed span
     detail: str = ""
+    log: str = ""  # the lone worker's log (run_one)
 
     @property
     def events_per_s(self) -> float:
@@ -376,14 +377,15 @@ class Bench:
                 w.proc.wait(10)
         self.workers.clear()
 
-    def start_workers(self, topic: str, n: int, run: str, partitions: int = 1) -> tuple[list[Worker], str]:
+    def start_workers(self, topic: str, n: int, run: str, partitions: int = 1,
+                      sets: Sequence[str] = ()) -> tuple[list[Worker], str]:  # fmt: skip
         app_id = f"{self.tag}-{run}"
         alerts = f"{app_id}.alerts"
         data = self.tmp / app_id
         sets = [
             f"kafka.broker=kafka://{self.servers}", f"kafka.app_id={app_id}", f"kafka.data_dir={data}",
             f'topics.events=["{topic}"]', f"topics.alerts={alerts}", f"topics.dead_letter={app_id}.dlq",
-            f"topics.partitions={partitions}", *self.sets,
+            f"topics.partitions={partitions}", *self.sets, *sets,
         ]  # fmt: skip
         started = []
         for k in range(n):
@@ -454,9 +456,11 @@ class Bench:
         finally:
             await reader.stop()
 
-    async def run_one(self, topic: str, events: int, run: str, timeout_s: float, want: int) -> StreamRun:
-        """One worker on a topic already holding ``events`` events: clock from its first input."""
-        (w,), alerts = self.start_workers(topic, 1, run)
+    async def run_one(self, topic: str, events: int, run: str, timeout_s: float, want: int,
+                      sets: Sequence[str] = ()) -> StreamRun:  # fmt: skip
+        """One worker on a topic already holding ``events`` events (``sets``: config
+        overrides): clock from its first input."""
+        (w,), alerts = self.start_workers(topic, 1, run, sets=sets)
         try:
             while (m := w.metrics()) is None or m.get("coordwatch_messages_total", 0) == 0:
                 w.check()
@@ -477,6 +481,7 @@ class Bench:
             out = await self.watch([w], alerts, events, first, cpu, timeout_s, want)
             out.startup_s = first - w.spawned
             out.detail = f"(events counted: {out.events})"
+            out.log = w.log_text()
             return out
         finally:
             self.stop_workers()

@@ -53,3 +53,19 @@ def test_bench_shards_quick_prints_table_and_figures():
     for n in (2, 4):
         for key in (f"burst_shard_of_{n}_vs_whole", f"burst_{n}_shards_sum_vs_whole", f"burst_route_{n}_vs_whole"):
             assert float(figures[key]) > 0, key
+
+
+def test_bench_levers_quick_prints_every_lever():
+    """Bare Faust agents, one per lever, and the worker on each event loop (the bench fails
+    if a worker runs on another loop than configured, or publishes fewer alerts than the
+    plain loop)."""
+    res = subprocess.run([sys.executable, "-m", "streams", "bench", "levers", "--quick"],
+                         capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = dict(item.split("=", 1) for item in res.stdout.strip().splitlines()[-1].split())
+    for lever in ("serializer", "batching", "acking", "uvloop", "envelopes"):
+        assert float(figures[f"lever_{lever}"]) > 0, lever
+        assert float(figures[f"agent_{lever}_vs_raw"]) > 0, lever
+    assert float(figures["worker_uvloop_vs_asyncio"]) > 0
+    # a message costs a bare agent far more than its bytes: envelopes must show it
+    assert float(figures["lever_envelopes"]) > 5
