@@ -70,13 +70,14 @@ class KafkaParams(Section):
         description="a worker snapshots its pipeline (with input offsets) this often; a crash re-processes at most this span of input",
     )
     batch_messages: int = Field(
-        100, ge=1, le=100_000, description="the ingest agent hands the pipeline up to this many messages at a time"
+        1000, ge=1, le=100_000,
+        description="the ingest agent takes up to this many input messages at a time; frames are cut by bytes",
     )
     batch_within_s: float = Field(
         0.2, gt=0, le=60, description="... or fewer: what arrived within this many seconds"
     )
     max_poll_records: int = Field(
-        200, ge=1, le=100_000, description="consumer fetch size in messages (a 100-event envelope is one message)"
+        1000, ge=1, le=100_000, description="consumer fetch size in messages (a 100-event envelope is one message)"
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio", description="the worker's event loop: asyncio, or uvloop (libuv; see coordwatch bench levers)"
