@@ -56,9 +56,9 @@ def test_bench_shards_quick_prints_table_and_figures():
 
 
 def test_bench_levers_quick_prints_every_lever():
-    """Bare Faust agents, one per lever, and the worker on each event loop (the bench fails
-    if a worker runs on another loop than configured, or publishes fewer alerts than the
-    plain loop)."""
+    """Bare Faust agents, one per lever, and the worker on each event loop, batch size and
+    input shape (the bench fails if a worker runs on another loop than configured, or
+    publishes fewer alerts than the plain loop)."""
     res = subprocess.run([sys.executable, "-m", "streams", "bench", "levers", "--quick"],
                          capture_output=True, text=True, timeout=400)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -66,6 +66,8 @@ def test_bench_levers_quick_prints_every_lever():
     for lever in ("serializer", "batching", "acking", "uvloop", "envelopes"):
         assert float(figures[f"lever_{lever}"]) > 0, lever
         assert float(figures[f"agent_{lever}_vs_raw"]) > 0, lever
-    assert float(figures["worker_uvloop_vs_asyncio"]) > 0
+    for key in ("worker_envelopes_events_per_s", "worker_uvloop_vs_asyncio", "worker_small_batches_vs_defaults",
+                "worker_singles_vs_envelopes", "worker_singles_small_batches_vs_defaults"):
+        assert float(figures[key]) > 0, key
     # a message costs a bare agent far more than its bytes: envelopes must show it
     assert float(figures["lever_envelopes"]) > 5
