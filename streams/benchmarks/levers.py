@@ -49,6 +49,7 @@ import orjson
 
 from streams.benchmarks.common import Row
 from streams.benchmarks.stream import (
+    FULL_EVENTS,
     QUICK_EVENTS,
     Bench,
     _env,
@@ -63,7 +64,6 @@ from streams.benchmarks.stream import (
 TAKE = 100
 WITHIN_S = 0.005  # the worker's stage batch wait (streams.app.STAGE_WITHIN_S)
 FULL_SINGLES, QUICK_SINGLES = 60_000, 5_000
-FULL_EVENTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -168,12 +168,10 @@ def agent_main(servers: str, topic: str, messages: int, variant: Variant, datadi
 
 
 def _agent_run(servers: str, topic: str, messages: int, variant: Variant, tmp: Path) -> dict[str, float]:
-    code = ("import sys; from streams.benchmarks.levers import Variant, agent_main; "
-            "agent_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Variant(**__import__('orjson').loads(sys.argv[4])), "
-            "sys.argv[5])")  # fmt: skip
     data = tempfile.mkdtemp(dir=tmp)
     res = subprocess.run(
-        [sys.executable, "-c", code, servers, topic, str(messages), orjson.dumps(variant.__dict__).decode(), data],
+        [sys.executable, "-m", "streams.benchmarks.levers", servers, topic, str(messages),
+         orjson.dumps(variant.__dict__).decode(), data],
         capture_output=True, env=_env(), cwd=tmp, check=False, timeout=600,
     )  # fmt: skip
     result = Path(data, "result.json")
@@ -251,3 +249,7 @@ async def _measure(bench: Bench, tmp: Path, runs: int, rounds: int, n_single: in
 def run(quick: bool = False, repeat: int | None = None, out: Any = None) -> list[Row]:
     """The suite's rows; progress lines go to ``out`` (default stderr)."""
     return asyncio.run(_run(quick, repeat, out or sys.stderr))
+
+
+if __name__ == "__main__":  # one bare agent (_agent_run): SERVERS TOPIC MESSAGES VARIANT_JSON DATADIR
+    agent_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Variant(**orjson.loads(sys.argv[4])), sys.argv[5])
