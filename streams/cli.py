@@ -368,7 +368,7 @@ def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | No
 
 @bench_group.command("levers")
 @click.option("--quick", is_flag=True, help="5 k messages and 100 k events, one run each (a smoke run, not for reporting).")
-@click.option("--repeat", type=click.IntRange(min=1), help="Rounds of every variant, best taken (default 2; 1 with --quick).")
+@click.option("--repeat", type=click.IntRange(min=1), help="Worker runs per variant, best taken (default 2; 1 with --quick); the bare agents get one round more unless --quick.")
 def bench_levers(quick: bool, repeat: int | None) -> None:
     """Faust's levers one at a time (serializer, batching, acking, uvloop, envelopes) on a bare agent, and the worker on each event loop."""
     from streams.benchmarks.report import run_suite

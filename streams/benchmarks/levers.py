@@ -97,26 +97,26 @@ class WorkerVariant:
 
     name: str
     key: str
-    sets: tuple[str, ...] = ()
+    loop: str = "asyncio"
+    batches: tuple[str, ...] = ()  # batch-size overrides
     envelopes: bool = True
     beside: str | None = None
 
     @property
-    def loop(self) -> str:
-        return "uvloop" if "kafka.event_loop=uvloop" in self.sets else "asyncio"
+    def sets(self) -> list[str]:
+        return [f"kafka.event_loop={self.loop}", *self.batches]
 
 
 #: the defaults before this bench: the ingest took 100 messages at a time from fetches of 200
 _SMALL = ("kafka.batch_messages=100", "kafka.max_poll_records=200")
 WORKERS = (
     WorkerVariant("envelopes, defaults", "envelopes"),
-    WorkerVariant("envelopes, event_loop=uvloop", "uvloop_vs_asyncio", ("kafka.event_loop=uvloop",),
-                  beside="envelopes, defaults"),
-    WorkerVariant("envelopes, batch_messages=100, max_poll_records=200", "small_batches_vs_defaults", _SMALL,
-                  beside="envelopes, defaults"),
+    WorkerVariant("envelopes, event_loop=uvloop", "uvloop_vs_asyncio", loop="uvloop", beside="envelopes, defaults"),
+    WorkerVariant("envelopes, batch_messages=100, max_poll_records=200", "small_batches_vs_defaults",
+                  batches=_SMALL, beside="envelopes, defaults"),
     WorkerVariant("single events, defaults", "singles_vs_envelopes", envelopes=False, beside="envelopes, defaults"),
     WorkerVariant("single events, batch_messages=100, max_poll_records=200", "singles_small_batches_vs_defaults",
-                  _SMALL, envelopes=False, beside="single events, defaults"),
+                  batches=_SMALL, envelopes=False, beside="single events, defaults"),
 )  # fmt: skip
 
 
@@ -187,13 +187,12 @@ async def _run(quick: bool, repeat: int | None, out: Any) -> list[Row]:
     n_events = QUICK_EVENTS if quick else FULL_EVENTS
     tmp = Path(tempfile.mkdtemp(prefix="coordwatch-bench-levers-"))
     try:
-        return await _measure(Bench(tmp), tmp, runs, runs if quick else runs + 1, n_single, n_events, say)
+        return await _measure(Bench(tmp), runs, runs if quick else runs + 1, n_single, n_events, say)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _measure(bench: Bench, tmp: Path, runs: int, rounds: int, n_single: int, n_events: int,
-                   say: Any) -> list[Row]:  # fmt: skip
+async def _measure(bench: Bench, runs: int, rounds: int, n_single: int, n_events: int, say: Any) -> list[Row]:
     rows: list[Row] = []
     with bench as b:
         singles = stream_lines(n_single)
@@ -210,7 +209,7 @@ async def _measure(bench: Bench, tmp: Path, runs: int, rounds: int, n_single: in
         best: dict[str, float] = {}
         for _ in range(rounds):  # rounds of every variant: a change in the machine's load hits all
             for v in VARIANTS:
-                r = _agent_run(b.servers, topics[v.envelopes], len(big if v.envelopes else singles), v, tmp)
+                r = _agent_run(b.servers, topics[v.envelopes], len(big if v.envelopes else singles), v, b.tmp)
                 eps = r["events"] / r["seconds"]
                 best[v.name] = max(best.get(v.name, 0.0), eps)
                 say(f"  {v.name}: {eps:,.0f} events/s ({r['seconds']:.2f} s, {r['cpu_s'] / r['seconds']:.2f} cores)")
