@@ -570,6 +570,23 @@ def test_envelope_rejection_raw_is_the_element_as_sent():
     ]
 
 
+def test_parse_messages_envelopes_give_each_element_its_index():
+    """The batch path validates envelope elements itself: equal scalar elements (one object
+    to orjson), bad and good ones mixed, in envelopes among single events, index each
+    rejection as parse_message does and keep every event's message position."""
+    bad = {**BASE, "event_id": "b", "ts": "yesterday"}
+    msgs = [
+        orjson.dumps([1, 1, BASE, bad, None, {**BASE, "event_id": "c"}, bad, 1]),
+        orjson.dumps({**BASE, "event_id": "single"}),
+        orjson.dumps([{**BASE, "event_id": None}, 1, {**BASE, "event_id": "d"}]),
+        b"[]",
+    ]
+    events, rejected, origins = parse_with_origins(msgs)
+    assert (events, rejected) == _one_by_one(msgs, MAX_EVENT_BYTES)
+    assert [(i, r.index) for i, r in rejected] == [(0, 0), (0, 1), (0, 3), (0, 4), (0, 6), (0, 7), (2, 1), (3, None)]
+    assert origins.tolist() == [0, 0, 1, 2, 2]
+
+
 def test_derived_id_of_a_non_serialisable_dict_is_checked_after_the_fields():
     assert parse_obj({"ts": "x", "account_id": "a", "action": "post", "s": {1}}).reason == "bad_ts"
     deep = b'{"ts":1,"account_id":"a","action":"post","x":' + b"[" * 300 + b"]" * 300 + b"}"
