@@ -11,9 +11,9 @@ agents (a partition of a topic):
 
 A *keyed* detector (:class:`KeyedDetector`: its alerts are per key, and keys never meet) can be split
 into ``n`` shards, ``shard = (s, n)``: shard ``s`` handles only the keys whose seeded hash
-is ``s`` modulo ``n``, and ``route(events, n)`` says which events carry keys of which shard,
-so a worker can send each shard only its events. The shards together find what one
-detector finds, given two things the caller keeps: each shard's events are judged late and
+is ``s`` modulo ``n``, and its ``router(params).route(events, n)`` says which events carry
+keys of which shard, so a worker can send each shard only its events. The shards together
+find what one detector finds, given two things the caller keeps: each shard's events are judged late and
 cut into ticks with the times of *every* event (``detectors.pipeline.Detection.add``), and
 ``begin(t)`` tells each shard the time of the stream's first event, which may come before
 any of its own.
@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import orjson
@@ -254,10 +254,21 @@ class Detector(ABC, Generic[P]):
         return det
 
 
+class Router(Protocol):
+    """Which events carry keys of which shard (``KeyedDetector.router``)."""
+
+    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
+        """For each of ``n`` shards, the indices of the events that carry its keys."""
+        ...
+
+
 class KeyedDetector(Detector[P]):
     """A detector whose alerts are per key, and keys never meet: it splits into shards by key
     (module docstring)."""
 
+    @classmethod
     @abstractmethod
-    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
-        """For each of ``n`` shards, the indices of the events that carry its keys."""
+    def router(cls, params: P) -> Router:
+        """The key extraction alone, for whoever sends each shard its events (a worker's
+        ingest): none of a detector's state or sketches (a whole burst detector holds a
+        12.8 MB count-min by default)."""

@@ -331,6 +331,120 @@ _PANE, _SPAN, _WAVE = 0, 1, 2  # the three tests
 _TEST_NAMES = ("pane", "span", "wave")
 
 
+class BurstKeys:
+    """The keys of events, as burst counts them: the kinds it is configured for, and caches
+    of the URL -> domain step. A detector holds one; a worker's ingest holds one alone to
+    route events to shards (``BurstDetector.router``), without a detector's sketches."""
+
+    def __init__(self, params: BurstParams) -> None:
+        self._kinds = [k for k in _KINDS if k in params.key_kinds]
+        self._domains: dict[str, str] = {}  # URL -> domain, "" for none (a cache: urlsplit is slow)
+        self._hosts: dict[str, str | None] = {}  # scheme://netloc -> domain
+
+    def occurrences(
+        self, events: Sequence[Event], shard: Shard = WHOLE
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+        """Every (event, key) of the batch (of ``shard``'s keys), in sequence order (by event, then kind in
+        :data:`_KINDS` order, then position in the event): event indices, key hashes, kind
+        codes and ``kid`` indexing ``vals`` (the raw values, grouped by kind).
+
+        A key hash is the seeded hash of the raw value (hashtag, URL, domain, object id;
+        a text's fingerprint is already one) mixed with its kind, so no ``kind:value``
+        string is built for the ~680k occurrences a day of the generator mix; the string
+        is made for alerting keys only.
+        """
+        n = len(events)
+        idx: list[np.ndarray] = []
+        strs: list[str] = []  # values hashed as strings (every kind but text)
+        vals: list[Any] = []
+        codes: list[int] = []
+        text_h = None
+        ui: np.ndarray | None = None
+        uv: list[str] = []
+        for code, kind in enumerate(_KINDS):
+            if kind not in self._kinds:
+                continue
+            if kind == "hashtag":
+                tags = list(map(_tags, events))
+                ii, vv = _spread(tags, n)
+            elif kind in ("url", "domain"):
+                if ui is None:
+                    urls = list(map(_urls, events))
+                    ui, uv = _spread(urls, n)
+                if kind == "url":
+                    ii, vv = ui, uv
+                else:
+                    if len(self._domains) > _CACHE_MAX:  # bounded; cleared between batches only
+                        self._domains.clear()
+                        self._hosts.clear()
+                    get = self._domains.get
+                    dv = list(map(get, uv))  # domain, "" for none; None: not cached
+                    if None in dv:
+                        for u in dict.fromkeys(compress(uv, map(is_, dv, repeat(None)))):
+                            self._domain(u)
+                        dv = list(map(get, uv))
+                    if ui.size > 1 and bool((ui[1:] == ui[:-1]).any()):  # an event with several URLs: distinct domains
+                        pairs = list(dict.fromkeys((i, d) for i, d in zip(ui.tolist(), dv) if d))
+                        ii = np.array([i for i, _ in pairs], dtype=np.int64)
+                        vv = [d for _, d in pairs]
+                    else:
+                        has = np.fromiter(map(bool, dv), dtype=bool, count=len(dv))
+                        ii, vv = ui[has], list(filter(None, dv))
+            elif kind == "object":
+                objs = list(map(_obj, events))  # the parser makes an empty object_id None
+                ii = np.flatnonzero(np.fromiter(map(bool, objs), dtype=bool, count=n))
+                vv = list(filter(None, objs))
+            else:
+                with_text = [i for i, e in enumerate(events) if e.text]
+                sh = shingle_batch([events[i].text or "" for i in with_text], "word", _WHOLE_TEXT)
+                has = np.flatnonzero(np.diff(sh.offsets)).tolist()  # texts with at least one word
+                ii = np.array([with_text[d] for d in has], dtype=np.int64)
+                text_h = sh.hashes
+                vv = text_h.tolist()
+            idx.append(ii)
+            vals += vv
+            codes.append(code)
+            if kind != "text":
+                strs += vv
+        kinds = np.repeat(np.array(codes, dtype=np.int64), [ii.size for ii in idx])
+        raw = hash_strings(strs)
+        if text_h is not None:
+            raw = np.concatenate((raw, text_h))  # text is the last kind
+        kh = fmix64(raw ^ _KIND_SALT[kinds])
+        ev_idx = np.concatenate(idx) if len(idx) > 1 else idx[0]
+        kid = np.argsort(ev_idx, kind="stable") if len(idx) > 1 else np.arange(ev_idx.size)  # stable: merges the per-kind runs
+        s, n = shard
+        if n > 1:  # this shard's keys only
+            kid = kid[kh[kid] % U64(n) == s]
+        return ev_idx[kid], kh[kid], kinds[kid], kid, vals
+
+    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
+        """The events that carry a key of each of ``n`` shards (an event with keys in several
+        goes to each of them; an event without keys to none)."""
+        ev_idx, kh, _, _, _ = self.occurrences(events)
+        shard = (kh % U64(n)).astype(np.int64)
+        return [np.unique(ev_idx[shard == s]) for s in range(n)]
+
+    def _domain(self, url: str) -> str:
+        """:func:`url_domain` ("" for none), cached per URL and per ``scheme://netloc`` prefix
+        (the host depends on nothing else, and urlsplit costs ~10 us: 12k distinct URLs a
+        day in the generator mix)."""
+        at = url.find("://")
+        if at < 0:
+            d = None
+        else:
+            m = _NETLOC_END.search(url, at + 3)
+            prefix = url if m is None else url[: m.start()]
+            if prefix.isprintable() and " " not in prefix:
+                d = self._hosts.get(prefix, "")
+                if d == "":
+                    d = self._hosts[prefix] = url_domain(prefix)
+            else:
+                d = url_domain(url)
+        self._domains[url] = d = d or ""
+        return d
+
+
 class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and alerts are its own
     NAME: ClassVar[str] = "burst"
     STATE_VERSION: ClassVar[int] = 2
@@ -341,7 +455,7 @@ class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and
             params.pane_s, params.window_s, params.cms_epsilon, params.cms_delta,
             conservative=params.conservative_update,
         )  # fmt: skip
-        self._kinds = [k for k in _KINDS if k in params.key_kinds]
+        self._keys = BurstKeys(params)
         self._wave_kind = np.array([k in params.wave_kinds for k in _KINDS])  # wave test instead of pane test
         self._span_kind = np.array([k in params.span_kinds and params.span_panes > 1 for k in _KINDS])
         self._params_json = params.model_dump(mode="json")  # shared by every alert: read-only
@@ -355,8 +469,6 @@ class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and
         self._late_q: list[np.ndarray] = []  # ... and their panes
         # key -> [first alert pane (the group id), revision, pane of the last alert, window start pane]
         self._groups: dict[str, list[int]] = {}
-        self._domains: dict[str, str] = {}  # URL -> domain, "" for none (a cache: urlsplit is slow)
-        self._hosts: dict[str, str | None] = {}  # scheme://netloc -> domain
         self._crit: dict[float, int] = {}  # λ -> critical count (a cache of a pure function)
         self._recent: dict[int, int] = {}  # key hash -> pane of its last alert, if within the span
 
@@ -374,7 +486,7 @@ class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and
         or above their critical count are walked in Python, occurrence by occurrence, to
         find the crossing event (the count and the distinct accounts).
         """
-        ev_idx, kh, kind, kid, vals = self._occurrences(events)
+        ev_idx, kh, kind, kid, vals = self._keys.occurrences(events, self.shard)
         if ev_idx.size == 0:
             return []
         p = self.params
@@ -552,112 +664,13 @@ class BurstDetector(KeyedDetector[BurstParams]):  # a key's counts, baseline and
         return []
 
     # -- internals -------------------------------------------------------------------
-    def _occurrences(
-        self, events: Sequence[Event]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
-        """Every (event, key) of the batch, in sequence order (by event, then kind in
-        :data:`_KINDS` order, then position in the event): event indices, key hashes, kind
-        codes and ``kid`` indexing ``vals`` (the raw values, grouped by kind).
-
-        A key hash is the seeded hash of the raw value (hashtag, URL, domain, object id;
-        a text's fingerprint is already one) mixed with its kind, so no ``kind:value``
-        string is built for the ~680k occurrences a day of the generator mix; the string
-        is made for alerting keys only.
-        """
-        n = len(events)
-        idx: list[np.ndarray] = []
-        strs: list[str] = []  # values hashed as strings (every kind but text)
-        vals: list[Any] = []
-        codes: list[int] = []
-        text_h = None
-        ui: np.ndarray | None = None
-        uv: list[str] = []
-        for code, kind in enumerate(_KINDS):
-            if kind not in self._kinds:
-                continue
-            if kind == "hashtag":
-                tags = list(map(_tags, events))
-                ii, vv = _spread(tags, n)
-            elif kind in ("url", "domain"):
-                if ui is None:
-                    urls = list(map(_urls, events))
-                    ui, uv = _spread(urls, n)
-                if kind == "url":
-                    ii, vv = ui, uv
-                else:
-                    if len(self._domains) > _CACHE_MAX:  # bounded; cleared between batches only
-                        self._domains.clear()
-                        self._hosts.clear()
-                    get = self._domains.get
-                    dv = list(map(get, uv))  # domain, "" for none; None: not cached
-                    if None in dv:
-                        for u in dict.fromkeys(compress(uv, map(is_, dv, repeat(None)))):
-                            self._domain(u)
-                        dv = list(map(get, uv))
-                    if ui.size > 1 and bool((ui[1:] == ui[:-1]).any()):  # an event with several URLs: distinct domains
-                        pairs = list(dict.fromkeys((i, d) for i, d in zip(ui.tolist(), dv) if d))
-                        ii = np.array([i for i, _ in pairs], dtype=np.int64)
-                        vv = [d for _, d in pairs]
-                    else:
-                        has = np.fromiter(map(bool, dv), dtype=bool, count=len(dv))
-                        ii, vv = ui[has], list(filter(None, dv))
-            elif kind == "object":
-                objs = list(map(_obj, events))  # the parser makes an empty object_id None
-                ii = np.flatnonzero(np.fromiter(map(bool, objs), dtype=bool, count=n))
-                vv = list(filter(None, objs))
-            else:
-                with_text = [i for i, e in enumerate(events) if e.text]
-                sh = shingle_batch([events[i].text or "" for i in with_text], "word", _WHOLE_TEXT)
-                has = np.flatnonzero(np.diff(sh.offsets)).tolist()  # texts with at least one word
-                ii = np.array([with_text[d] for d in has], dtype=np.int64)
-                text_h = sh.hashes
-                vv = text_h.tolist()
-            idx.append(ii)
-            vals += vv
-            codes.append(code)
-            if kind != "text":
-                strs += vv
-        kinds = np.repeat(np.array(codes, dtype=np.int64), [ii.size for ii in idx])
-        raw = hash_strings(strs)
-        if text_h is not None:
-            raw = np.concatenate((raw, text_h))  # text is the last kind
-        kh = fmix64(raw ^ _KIND_SALT[kinds])
-        ev_idx = np.concatenate(idx) if len(idx) > 1 else idx[0]
-        kid = np.argsort(ev_idx, kind="stable") if len(idx) > 1 else np.arange(ev_idx.size)  # stable: merges the per-kind runs
-        s, n = self.shard
-        if n > 1:  # this shard's keys only
-            kid = kid[kh[kid] % U64(n) == s]
-        return ev_idx[kid], kh[kid], kinds[kid], kid, vals
+    @classmethod
+    def router(cls, params: BurstParams) -> BurstKeys:
+        return BurstKeys(params)
 
     def begin(self, t: float) -> None:
         if self._pane is None:  # what the first event would do (``_process``): the warm-up counts from here
             self._roll(math.floor(t / self.params.pane_s))
-
-    def route(self, events: Sequence[Event], n: int) -> list[np.ndarray]:
-        """The events that carry a key of each of ``n`` shards (an event with keys in several
-        goes to each of them; an event without keys to none)."""
-        ev_idx, kh, _, _, _ = self._occurrences(events)
-        shard = (kh % U64(n)).astype(np.int64)
-        return [np.unique(ev_idx[shard == s]) for s in range(n)]
-
-    def _domain(self, url: str) -> str:
-        """:func:`url_domain` ("" for none), cached per URL and per ``scheme://netloc`` prefix
-        (the host depends on nothing else, and urlsplit costs ~10 us: 12k distinct URLs a
-        day in the generator mix)."""
-        at = url.find("://")
-        if at < 0:
-            d = None
-        else:
-            m = _NETLOC_END.search(url, at + 3)
-            prefix = url if m is None else url[: m.start()]
-            if prefix.isprintable() and " " not in prefix:
-                d = self._hosts.get(prefix, "")
-                if d == "":
-                    d = self._hosts[prefix] = url_domain(prefix)
-            else:
-                d = url_domain(url)
-        self._domains[url] = d = d or ""
-        return d
 
     def _need(self, test: int, keys: list[int]) -> None:
         """λ, baseline counts (oldest first) and critical count of ``keys`` for ``test`` in

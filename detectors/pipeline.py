@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Detector, Shard
+from detectors.base import WHOLE, Alert, Detector, KeyedDetector, Router, Shard
 from detectors.events import Event, Rejection, event_to_json, parse_event
 from detectors.linker import Linker
 from detectors.params import LinkingParams
@@ -364,6 +364,14 @@ def enabled_detectors(config: DetectorConfig, names: Sequence[str] | None = None
     params (as ``shard``: see ``detectors.base``)."""
     classes = detector_classes()
     return [classes[name](getattr(config, name), shard) for name in (enabled_names(config) if names is None else names)]
+
+
+def keyed_router(config: DetectorConfig, name: str) -> Router:
+    """The router of keyed detector ``name``, with its section's params."""
+    cls = detector_classes()[name]
+    if not issubclass(cls, KeyedDetector):
+        raise ValueError(f"{name} is not keyed: it does not split into shards")
+    return cls.router(getattr(config, name))
 
 
 def lateness_of(params: Iterable[Any]) -> float:

@@ -31,6 +31,7 @@ from detectors.pipeline import (
     enabled_detectors,
     enabled_names,
     json_tick,
+    keyed_router,
     lateness_of,
     tick_json,
 )
@@ -272,7 +273,7 @@ class Framer:
     def __init__(self, config: Config, parse: Parse) -> None:
         self.config, self.parse = config, parse
         self.units = work_units(config)
-        self.routers = {u.detector: enabled_detectors(config, [u.detector])[0] for u in self.units if u.sharded}
+        self.routers = {u.detector: keyed_router(config, u.detector) for u in self.units if u.sharded}
         self.parses = rejections_at_ingest(config)
         # the input bytes of a frame: a shard's part of one may be larger than the input (the
         # urls and hashtags found in a text are added beside it, an id derived, 16 bytes per

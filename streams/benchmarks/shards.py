@@ -61,7 +61,7 @@ def run(quick: bool = False) -> list[Row]:
         whole_s, want = min(_run(cls(params), batches, None) for _ in range(REPEAT))
         rows.append(Row(f"{name} whole, {len(events)} events (CPU)", whole_s, "s (lower is better)"))
         for n in SHARDS:
-            router = cls(params)
+            router = cls.router(params)
             t0 = time.process_time()
             routes = [router.route(part, n) for part, _ in batches]
             route_s = time.process_time() - t0

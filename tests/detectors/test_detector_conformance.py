@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import math
+import tracemalloc
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-from detectors.base import Alert, Detector, KeyedDetector
+from detectors.base import Alert, Detector, KeyedDetector, Router
 from detectors.events import Event, parse_obj
 from detectors.pipeline import Detection, detector_classes
 from detectors.schema import alert_errors
@@ -122,7 +123,7 @@ def test_late_events_are_counted_and_dropped(name: str):
     assert det.stats["events"] == before + 5
 
 
-def _detection_run(dets: list[Detector[Any]], route: Detector[Any] | None, events: list[Event],
+def _detection_run(dets: list[Detector[Any]], route: Router | None, events: list[Event],
                    batch: int) -> tuple[list[Alert], set[str]]:  # fmt: skip
     """Each detector in its own Detection (one tick rule), fed ``events`` in batches: all of
     them, or with ``route`` the events of its shard and the times of all. Alerts and late event ids."""
@@ -146,12 +147,37 @@ def _detection_run(dets: list[Detector[Any]], route: Detector[Any] | None, event
 def _with_key(name: str, n: int, shard: int, ts: float, event_id: str) -> Event:
     """An event at ``ts`` whose one key (an object id) is of ``shard`` of ``n``."""
     base = stream()[0]._replace(text=None, urls=(), hashtags=())
-    router = make(name)
+    router = detector_classes()[name].router(SECTIONS[name]())
     for i in range(1000):
         e = base._replace(ts=ts, event_id=event_id, object_id=f"{event_id}-{i}")
         if [s for s, idx in enumerate(router.route([e], n)) if idx.size] == [shard]:
             return e
     raise AssertionError("no such key")
+
+
+def test_a_keyed_detectors_router_routes_as_its_shards_count_and_holds_no_sketch(name: str):
+    """What a worker's ingest keeps per keyed detector: a router that sends every event with
+    keys to the shards of its keys, and allocates none of a detector's state (a whole burst
+    detector: a 12.8 MB count-min). That the shards then find what the whole does: below."""
+    cls = detector_classes()[name]
+    if not issubclass(cls, KeyedDetector):
+        assert not hasattr(cls, "router")
+        return
+    params = make(name).params
+    tracemalloc.start()
+    try:
+        router = cls.router(params)
+        held = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert held < 64 << 10, f"{name}'s router allocated {held} bytes"
+    evs = stream()[:3000]
+    (keyed,) = router.route(evs, 1)  # one shard: every event that carries a key
+    assert 0 < keyed.size < len(evs)
+    for n in (2, 5):
+        routes = router.route(evs, n)
+        assert len(routes) == n and all(bool(np.all(np.diff(r) > 0)) for r in routes)  # in order, once
+        assert np.array_equal(np.unique(np.concatenate(routes)), keyed)  # in the shards of its keys
 
 
 def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
@@ -176,9 +202,9 @@ def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
         whole, whole_late = _detection_run([make(name)], None, evs, 4000)
         assert min(a.at for a in whole) < t0 + 900 and "behind" in whole_late  # the edges matter
         shards = [cls(params, (s, n)) for s in range(n)]
-        split, late = _detection_run(shards, make(name), evs, 4000)
+        split, late = _detection_run(shards, cls.router(params), evs, 4000)
         assert sorted(map(key, split)) == sorted(map(key, whole)), f"{n} shards changed {name}'s alerts"
-        routed = np.unique(np.concatenate(make(name).route(evs, n))).tolist()
+        routed = np.unique(np.concatenate(cls.router(params).route(evs, n))).tolist()
         assert late == whole_late & {evs[j].event_id for j in routed}
         data = shards[1].snapshot()
         assert cls.restore(params, data, (1, n)).snapshot() == data
