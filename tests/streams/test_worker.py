@@ -426,7 +426,7 @@ def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broke
     on_time = [{"ts": base + i, "account_id": f"a{i % 7}", "action": "post", "text": f"post number {i}"} for i in range(0, 7200, 3)]
     late = {"ts": base + 60, "account_id": "late-one", "action": "post", "text": "an hour too late #toolate", "event_id": "late-1"}
     if shards:
-        routes = BurstDetector(BurstParams()).route([parse_obj(late)], shards["burst"])  # type: ignore[list-item]
+        routes = BurstDetector.router(BurstParams()).route([parse_obj(late)], shards["burst"])  # type: ignore[list-item]
         bursts = [f"burst.{k}" for k, idx in enumerate(routes) if idx.size]
     else:
         bursts = ["burst"]
