@@ -78,6 +78,7 @@ from streams.config import Config
 from streams.metrics import ALERTS, HELD, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
+    FRAME_CODEC,
     DetectStage,
     Framer,
     LinkStage,
@@ -186,6 +187,7 @@ class Runner:
         headers = [("highwaters", pack_highwaters(highwaters))]
         if tp is not None:
             headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
+            headers.append(FRAME_CODEC)  # a report carries no frame
         topic = work_topic(self.config)
         return [await self._send((topic, None, frame, u, headers)) for u, frame in enumerate(frames)]
 

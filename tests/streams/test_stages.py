@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -11,6 +12,7 @@ import faust
 import numpy as np
 import orjson
 import pytest
+import zstandard
 from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from detectors.pipeline import Pipeline
 from detectors.synthetic import SyntheticStream
 from streams.config import Config, WorkParams
 from streams.stages import (
+    FRAME_CODEC,
     DetectStage,
     Framer,
     LinkStage,
@@ -117,21 +120,25 @@ def detect_stage(u: int, partitions: int = 1, config: Config = WHOLE) -> DetectS
     return stage
 
 
-def routed(config: Config, msgs: list[Msg], values: list[bytes]) -> list[list[bytes]]:
-    """Per work partition, what ingest sends it for each of these frames (``Framer``: a whole
-    detector gets the frame, a shard the events of its keys); a report is a report to every one."""
+def routed(config: Config, msgs: list[Msg], values: list[bytes]) -> tuple[list[Msg], list[list[bytes]]]:
+    """What ingest sends for each of these frames (``Framer``: a whole detector gets the
+    frame, a shard the events of its keys, compressed): the messages (a frame's with the
+    codec header) and per work partition their values; a report is a report to every one."""
     framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    sent: list[Msg] = []
     out: list[list[bytes]] = [[] for _ in work_units(config)]
     for m, v in zip(msgs, values):
         headers = dict(m.headers)
         if "source_topic" in headers:
             src = (headers["source_topic"].decode(), int(headers["source_partition"]))
             per_unit, _ = framer(src, *unpack_frames(v))  # and the dead letters, which ingest sends
+            m = m._replace(headers=[*m.headers, FRAME_CODEC])
         else:
             per_unit = [v] * len(out)
+        sent.append(m)
         for u, x in enumerate(per_unit):
             out[u].append(x)
-    return out
+    return sent, out
 
 
 def link_stage(config: Config = WHOLE) -> LinkStage:
@@ -146,14 +153,15 @@ APP = faust.App("test-stages", autodiscover=False)
 @functools.cache
 def detect_runs(name: str = "whole") -> dict[int, list[Send]]:
     config, (msgs, values) = CONFIGS[name], work_log()
-    return {u: drive(detect_stage(u, config=config), msgs, mine)[0] for u, mine in enumerate(routed(config, msgs, values))}
+    sent, per_unit = routed(config, msgs, values)
+    return {u: drive(detect_stage(u, config=config), sent, mine)[0] for u, mine in enumerate(per_unit)}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_a_detect_stage_resumed_from_its_state_or_sent_input_again_sends_the_same(name: str) -> None:
     config = CONFIGS[name]
-    msgs, values = work_log(resend_every=5)
-    for (u, straight), mine in zip(detect_runs(name).items(), routed(config, msgs, values)):
+    msgs, per_unit = routed(config, *work_log(resend_every=5))
+    for (u, straight), mine in zip(detect_runs(name).items(), per_unit):
         assert straight, f"unit {u} sent nothing"
         resumed, _ = drive(detect_stage(u, config=config), msgs, mine, cut=len(msgs) // 2 + 1)
         # the same link messages but for their work offsets, which the re-sent frames move
@@ -166,7 +174,7 @@ def test_a_keyed_detector_in_shards_finds_what_it_finds_whole_each_shard_on_part
     alerts = [alerts_and_dead_letters(x)[0] for x in (whole, *shards)]
     assert all(alerts) and sorted(a for x in alerts[1:] for a in x) == sorted(alerts[0])
     msgs, values = work_log()
-    sizes = [sum(map(len, v)) for v in routed(SHARDED, msgs, values)]
+    sizes = [sum(map(len, v)) for v in routed(SHARDED, msgs, values)[1]]
     assert all(size < 0.5 * sizes[0] for size in sizes[2:]), sizes
 
 
@@ -258,8 +266,8 @@ def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_i
     for u, straight in detect_runs(name).items():
         want, _ = alerts_and_dead_letters(straight)
         for order, ingests in ((turns, None), (backlog, None), (late_one, [[0, 1], [2]])):
-            msgs, values = work_messages(frames, order, ingests)
-            values = routed(config, msgs, values)[u]
+            msgs, per_unit = routed(config, *work_messages(frames, order, ingests))
+            values = per_unit[u]
             sends, _ = drive(detect_stage(u, partitions=3, config=config), msgs, values)
             alerts, dead = alerts_and_dead_letters(sends)
             assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
@@ -325,7 +333,8 @@ def test_a_shard_given_a_frame_cut_across_one_it_has_taken_takes_only_the_new_me
     got = []
     for bounds in (even, overlapping):
         msgs, values = log(bounds)
-        sends, _ = drive(detect_stage(3, config=SHARDED), msgs, routed(SHARDED, msgs, values)[3])
+        sent, per_unit = routed(SHARDED, msgs, values)
+        sends, _ = drive(detect_stage(3, config=SHARDED), sent, per_unit[3])
         got.append(alerts_and_dead_letters(sends))
     assert got[0][0] and got[1] == got[0]
 
@@ -346,7 +355,24 @@ def test_a_routed_frame_stays_within_the_largest_message_a_worker_sends() -> Non
     huge = b"[" + b",".join([tiny] * (config.events.max_event_bytes // (len(tiny) + 1) - 1)) + b"]"
     for one, count in ((dense, framer.frame_bytes // len(dense)), (tiny, framer.frame_bytes // len(tiny)), (huge, 1)):
         frames, _ = framer(("ev", 0), list(range(count)), [None] * count, [one] * count)
-        assert len(unpack_routed(frames[2])[4]) > 0 and max(map(len, frames)) <= limit, (len(one), len(frames[2]), limit)
+        shard = unpack_routed(zstandard.ZstdDecompressor().decompress(frames[2]))
+        assert len(shard[4]) > 0 and max(map(len, frames)) <= limit, (len(one), len(frames[2]), limit)
+
+
+def test_a_compressed_frame_of_what_does_not_compress_stays_within_the_largest_message() -> None:
+    """Ingest frames any input (bytes that are not JSON are dead-lettered by a stage): a whole
+    frame of random bytes, the most input it frames (``frame_bytes``, then one message of
+    ``max_event_bytes``), compressed, still fits; what a stage reads back is the frame."""
+    config = Config()
+    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    rng = random.Random(5)
+    values = [rng.randbytes(64 << 10) for _ in range(framer.frame_bytes // (64 << 10) - 1)]
+    values.append(rng.randbytes(config.events.max_event_bytes))
+    offsets, keys = list(range(len(values))), [None] * len(values)
+    frames, _ = framer(("ev", 0), offsets, keys, values)
+    assert min(map(len, frames)) > sum(map(len, values)) > framer.frame_bytes  # it did not compress
+    assert max(map(len, frames)) <= max_message_bytes(config)
+    assert unpack_frames(zstandard.ZstdDecompressor().decompress(frames[0])) == (offsets, keys, values)
 
 
 @settings(deadline=None)  # the first example parses the input
