@@ -25,8 +25,9 @@ so far, the event time reached and, for a broker started here, its resident memo
 
 Memory. The embedded broker keeps every message in RAM (no retention). Measured here
 (Tansu 0.6): ~155 MB per million generator events in 100-event envelopes for the input
-alone (0.69 M events -> +108 MB, 3.46 M -> +535 MB), ~615 MB with the work topic's copy per
-detector (0.69 M events: input +103 MB, after a worker took them in +424 MB), and one set of
+alone (0.69 M events -> +108 MB, 3.46 M -> +535 MB), ~310 MB with the work topic's
+compressed copy per detector (0.69 M events: input +102 MB, after a worker took them in
++112 MB; +320 MB before frames were compressed), and one set of
 stage snapshots per ``kafka.snapshot_interval_s``, together the whole detection state: 30 MB after 2 h of event
 time at the generator's density, 52 MB at 14:00, and the longest windows are 6 h. With
 the worker's default 30 s interval a 10-minute default run ended at 993 MB, 85 % of it
@@ -92,7 +93,7 @@ BROKER_BUDGET_MB = 1536.0
 #: state at the generator's density: 30 MB after 2 h of event time, 52 MB at 14:00, at
 #: most ~60 MB: the longest windows are 6 h)
 BROKER_BASE_MB = 40.0
-BROKER_MB_PER_M_EVENTS = 620.0
+BROKER_MB_PER_M_EVENTS = 310.0
 BROKER_MB_PER_SNAPSHOT = 60.0
 #: unless kafka.snapshot_interval_s is configured, the demo's worker snapshots about
 #: SNAPSHOTS_PER_RUN times a run, every 2 to 10 minutes (the default 30 s would store
