@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -58,63 +59,42 @@ def run(quick: bool = False) -> list[Row]:
             orjson.loads(env)
 
     chunks = [lines[i : i + CHUNK] for i in range(0, n, CHUNK)]
-
-    def ours_many() -> None:
-        for chunk in chunks:
-            parse_messages(chunk)
-
-    def bare_many() -> None:
-        loads = orjson.loads
-        for chunk in chunks:
-            [loads(line) for line in chunk]
-
+    ours_many, bare_many = _batched(chunks)
     frames = [envelopes[i : i + CHUNK // 100] for i in range(0, len(envelopes), CHUNK // 100)]
-
-    def ours_frames() -> None:
-        for frame in frames:
-            parse_messages(frame)
-
-    def bare_frames() -> None:
-        loads = orjson.loads
-        for frame in frames:
-            [loads(env) for env in frame]
+    ours_frames, bare_frames = _batched(frames)
 
     assert sum(len(parse_message(line)) for line in lines) == n  # one result per line
     assert sum(len(parse_messages(chunk)[0]) for chunk in chunks) == n  # and all of them events
     what = f"{n} events, {n_synth} synthetic with text"
+
+    def row(label: str, ours: Callable[[], None], baseline: str, bare: Callable[[], None], key: str = "") -> Row:
+        return Row(label, n / best_time(ours, repeat=repeat), "events/s", baseline, n / best_time(bare, repeat=repeat),
+                   key=key)  # fmt: skip
+
     return [
-        Row(
-            f"parse_message, one event per message ({what})",
-            n / best_time(ours, repeat=repeat),
-            "events/s",
-            "orjson.loads, same lines",
-            n / best_time(bare, repeat=repeat),
-            key="parse_events_per_s",
-        ),
-        Row(
-            "parse_message, envelopes of 100 events",
-            n / best_time(ours_env, repeat=repeat),
-            "events/s",
-            "orjson.loads, same envelopes",
-            n / best_time(bare_env, repeat=repeat),
-        ),
-        Row(
-            f"parse_messages, {CHUNK} messages per call, events kept per call",
-            n / best_time(ours_many, repeat=repeat),
-            "events/s",
-            "orjson.loads, same lines, objects kept per chunk",
-            n / best_time(bare_many, repeat=repeat),
-            key="parse_messages_events_per_s",
-        ),
-        Row(
-            f"parse_messages, {CHUNK // 100} envelopes of 100 per call (a worker's frames), events kept",
-            n / best_time(ours_frames, repeat=repeat),
-            "events/s",
-            "orjson.loads, same envelopes, objects kept per call",
-            n / best_time(bare_frames, repeat=repeat),
-            key="parse_envelopes_events_per_s",
-        ),
-    ]
+        row(f"parse_message, one event per message ({what})", ours, "orjson.loads, same lines", bare,
+            key="parse_events_per_s"),
+        row("parse_message, envelopes of 100 events", ours_env, "orjson.loads, same envelopes", bare_env),
+        row(f"parse_messages, {CHUNK} messages per call, events kept per call", ours_many,
+            "orjson.loads, same lines, objects kept per chunk", bare_many, key="parse_messages_events_per_s"),
+        row(f"parse_messages, {CHUNK // 100} envelopes of 100 per call (a worker's frames), events kept", ours_frames,
+            "orjson.loads, same envelopes, objects kept per call", bare_frames, key="parse_envelopes_events_per_s"),
+    ]  # fmt: skip
+
+
+def _batched(batches: list[list[bytes]]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``parse_messages`` per batch, and its baseline: ``orjson.loads`` of each message of it."""
+
+    def ours() -> None:
+        for batch in batches:
+            parse_messages(batch)
+
+    def bare() -> None:
+        loads = orjson.loads
+        for batch in batches:
+            [loads(m) for m in batch]
+
+    return ours, bare
 
 
 def _real_lines(n: int) -> list[bytes]:
