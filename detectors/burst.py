@@ -344,9 +344,9 @@ class BurstKeys:
     def occurrences(
         self, events: Sequence[Event], shard: Shard = WHOLE
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
-        """Every (event, key) of the batch (of ``shard``'s keys), in sequence order (by event, then kind in
-        :data:`_KINDS` order, then position in the event): event indices, key hashes, kind
-        codes and ``kid`` indexing ``vals`` (the raw values, grouped by kind).
+        """Every (event, key) of the batch whose key is ``shard``'s, in sequence order (by
+        event, then kind in :data:`_KINDS` order, then position in the event): event indices,
+        key hashes, kind codes and ``kid`` indexing ``vals`` (the raw values, grouped by kind).
 
         A key hash is the seeded hash of the raw value (hashtag, URL, domain, object id;
         a text's fingerprint is already one) mixed with its kind, so no ``kind:value``

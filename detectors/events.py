@@ -17,8 +17,9 @@ message), which inlines the usual event's checks (see :func:`_fields`): on the g
 It runs the elements of envelopes through the same path, each message decoded once: 1.42-1.56x
 on 100-event envelopes (where it used to hand them to :func:`parse_message`), 0.95-1.00x on
 lines (an inner loop per message). Not done, measured: one ``orjson.loads`` of a whole chunk
-of lines joined into an array was no faster than a call per line here, and a wrong line can be hidden by the join
-(``1,2`` and ``[3`` + ``4]`` give as many elements as lines), so lines are decoded one by one.
+of lines joined into an array was no faster than a call per line here, and a wrong line can
+be hidden by the join (``1,2`` and ``[3`` + ``4]`` give as many elements as lines), so lines
+are decoded one by one.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def parse_with_origins(
         for obj in objs:
             if type(obj) is not dict:  # an envelope's element
                 j = _element(i, starts, events, rejected)
-                rejected.append((i, Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", _dump(obj), j)))
+                what = f"expected a JSON object, got {_json_type(obj)}"
+                rejected.append((i, Rejection("not_object", what, _dump(obj), j)))
                 continue
             # _event inlined for the usual event (see _fields): the same pops, tests and
             # result; any other event goes on to _fields' (or _event_with_id's) checks.
