@@ -9,14 +9,14 @@ agents (a partition of a topic):
 * ``snapshot()`` / ``restore(params, data)`` — all state as versioned bytes (the
   :mod:`sketches.protocol` layout, never pickle), so a restarted worker resumes.
 
-A *keyed* detector (:class:`KeyedDetector`: its alerts are per key, and keys never meet) can be split
-into ``n`` shards, ``shard = (s, n)``: shard ``s`` handles only the keys whose seeded hash
-is ``s`` modulo ``n``, and its ``router(params).route(events, n)`` says which events carry
-keys of which shard, so a worker can send each shard only its events. The shards together
-find what one detector finds, given two things the caller keeps: each shard's events are judged late and
-cut into ticks with the times of *every* event (``detectors.pipeline.Detection.add``), and
-``begin(t)`` tells each shard the time of the stream's first event, which may come before
-any of its own.
+A *keyed* detector (:class:`KeyedDetector`: its alerts are per key, and keys never meet) can
+be split into ``n`` shards, ``shard = (s, n)``: shard ``s`` handles only the keys whose
+seeded hash is ``s`` modulo ``n``, and its ``router(params).route(events, n)`` says which
+events carry keys of which shard, so a worker can send each shard only its events. The
+shards together find what one detector finds, given two things the caller keeps: each
+shard's events are judged late and cut into ticks with the times of *every* event
+(``detectors.pipeline.Detection.add``), and ``begin(t)`` tells each shard the time of the
+stream's first event, which may come before any of its own.
 
 Time is event time only. The base class keeps the watermark (the newest event time
 seen) and drops events older than ``watermark - allowed_lateness_s``, counting them in

@@ -46,7 +46,7 @@ from detectors.base import WHOLE, Alert, Detector, KeyedDetector, Router, Shard
 from detectors.events import Event, Rejection, event_to_json, parse_event
 from detectors.linker import Linker
 from detectors.params import LinkingParams
-from sketches.errors import IncompatibleSketchError
+from sketches.errors import CoordwatchError, IncompatibleSketchError
 from sketches.protocol import pack, unpack
 
 STATE_VERSION = 4
@@ -370,7 +370,7 @@ def keyed_router(config: DetectorConfig, name: str) -> Router:
     """The router of keyed detector ``name``, with its section's params."""
     cls = detector_classes()[name]
     if not issubclass(cls, KeyedDetector):
-        raise ValueError(f"{name} is not keyed: it does not split into shards")
+        raise CoordwatchError(f"{name} is not keyed: it does not split into shards")
     return cls.router(getattr(config, name))
 
 
