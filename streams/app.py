@@ -5,16 +5,16 @@ Three agents, each on its own topic, so that N workers in one group compute exac
 * **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
   frames the input messages of a batch with their offsets into frames per input partition
   (at most ``FRAME_BYTES``, a quarter if it routes) and sends each work partition its part
-  of the frame (:class:`~streams.stages.Framer`), then acks the input. If a detector is
-  split into shards, ingest parses each frame to route its events (on the worker's CPU
-  thread, into the parse cache its detect stages share) and sends the rejections to the
-  dead-letter topic (headers ``source_topic``, ``source_partition``, ``source_offset``,
-  ``reason``, ``detail``, and ``index`` for an envelope element); else the stage of work
-  partition 0 does. Messages larger than
-  ``events.max_event_bytes`` go straight to the dead-letter topic. Every frame carries the
-  high watermarks of all input partitions of this ingest, and every ``REPORT_EVERY_S``
-  ingest sends them alone (an empty frame): how the detect stages tell a partition that may
-  still send older events from one with nothing new (``DetectStage``).
+  of the frame, zstd-compressed once (:class:`~streams.stages.Framer`), then acks the input.
+  If a detector is split into shards, ingest parses each frame to route its events (on the
+  worker's CPU thread, into the parse cache its detect stages share) and sends the
+  rejections to the dead-letter topic (headers ``source_topic``, ``source_partition``,
+  ``source_offset``, ``reason``, ``detail``, and ``index`` for an envelope element); else
+  the stage of work partition 0 does. Messages larger than ``events.max_event_bytes`` go
+  straight to the dead-letter topic. Every frame carries the high watermarks of all input
+  partitions of this ingest, and every ``REPORT_EVERY_S`` ingest sends them alone (an empty
+  frame): how the detect stages tell a partition that may still send older events from one
+  with nothing new (``DetectStage``).
 * **detect** reads the work topic: partition ``u`` is the ``u``-th work unit
   (:func:`~streams.stages.work_units`): a detector of :data:`~streams.stages.WORK_ORDER`
   (near_duplicate, co_action, burst) as one :class:`~detectors.pipeline.Detection` over
@@ -148,7 +148,8 @@ class Runner:
             src = (tp.topic, tp.partition)
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], self.framer.frame_bytes):
                 part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
-                # on the stages' thread if it parses (their parse cache), else here: framing is cheap
+                # on the stages' thread if it parses (their parse cache), else here: zstd releases
+                # the GIL, so here it compresses beside the detection, not after it
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
                 futures += [await self._send(d) for d in dead]
                 futures += await self._frame(frames, tp, highwaters)
