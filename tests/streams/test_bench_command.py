@@ -38,8 +38,12 @@ def test_bench_stream_quick_prints_table_and_figures():
     figures = dict(item.split("=", 1) for item in lines[-1].split())
     for key in ("stream_events_per_s", "raw_consume_events_per_s", "stream_vs_raw", "produce_events_per_s",
                 "loop_events_per_s", "stream_vs_loop", "worker_startup_s", "stream2_events_per_s",
-                "stream1_events_per_s", "two_vs_one", "two_vs_one_per_core"):
+                "stream1_events_per_s", "two_vs_one", "two_vs_one_per_core", "parse_ceiling_events_per_s",
+                "detect_ceiling_events_per_s"):
         assert float(figures[key]) > 0, key
+    # every event is parsed and detected, so neither part alone is slower than the loop
+    for key in ("parse_ceiling_events_per_s", "detect_ceiling_events_per_s"):
+        assert float(figures[key]) > float(figures["loop_events_per_s"]), key
     assert abs(float(figures["stream_vs_raw"]) * float(figures["raw_consume_events_per_s"])
                - float(figures["stream_events_per_s"])) <= 0.01 * float(figures["stream_events_per_s"])
 
