@@ -154,6 +154,7 @@ from detectors.events import Event
 from detectors.params import NearDuplicateParams
 from sketches.hashing import hash_string
 from sketches.lsh import BandIndex, band_keys, choose_bands
+from sketches.ring import grow_ring
 from sketches.minhash import minhasher
 from sketches.shingling import normalize, shingle_batch
 
@@ -349,19 +350,9 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         self._next += m
 
     def _reserve(self, needed: int) -> None:
-        """Grow the signature ring (doubling) to hold ``needed`` documents; slots move with it."""
-        cap = self._has.size
-        if needed <= cap:
-            return
-        new_cap = cap
-        while new_cap < needed:
-            new_cap *= 2
-        seqs = np.arange(self._head, self._next)
-        old, new = seqs % cap, seqs % new_cap
-        sig = np.empty((new_cap, self._sig.shape[1]), dtype=self._sig.dtype)
-        has = np.zeros(new_cap, dtype=bool)
-        sig[new], has[new] = self._sig[old], self._has[old]
-        self._sig, self._has = sig, has
+        """Grow the signature ring to hold ``needed`` documents (:func:`~sketches.ring.grow_ring`)."""
+        if (grown := grow_ring((self._sig, self._has), self._head, self._next, needed)) is not None:
+            self._sig, self._has = grown
 
     def _complete(self, seqs: np.ndarray) -> None:
         """Compute the non-band signature columns of these live documents where missing."""

@@ -37,6 +37,7 @@ from sketches.errors import IncompatibleSketchError, SketchFormatError
 from sketches.hashing import fmix64, splitmix64
 from sketches.minhash import Signatures, _check_scheme
 from sketches.protocol import Params, SketchBase
+from sketches.ring import grow_ring
 
 #: Default weights of false positives / false negatives in :func:`choose_bands`. With
 #: datasketch's (0.5, 0.5), threshold 0.8 and 128 permutations give 9 bands x 13 rows,
@@ -572,17 +573,6 @@ class WindowedLSH(SketchBase):
         return sigs
 
     def _reserve(self, needed: int) -> None:
-        """Grow the ring buffers (doubling) to hold ``needed`` items; slots move with it."""
-        cap = self._ts.size
-        if needed <= cap:
-            return
-        new_cap = cap
-        while new_cap < needed:
-            new_cap *= 2
-        seqs = np.arange(self._head, self._next)
-        old, new = seqs % cap, seqs % new_cap
-        for name in ("_sigs", "_ts", "_ids"):
-            arr = getattr(self, name)
-            grown = np.empty((new_cap,) + arr.shape[1:], dtype=arr.dtype)
-            grown[new] = arr[old]
-            setattr(self, name, grown)
+        """Grow the ring buffers to hold ``needed`` items (:func:`~sketches.ring.grow_ring`)."""
+        if (grown := grow_ring((self._sigs, self._ts, self._ids), self._head, self._next, needed)) is not None:
+            self._sigs, self._ts, self._ids = grown
