@@ -154,8 +154,8 @@ from detectors.events import Event
 from detectors.params import NearDuplicateParams
 from sketches.hashing import hash_string
 from sketches.lsh import BandIndex, band_keys, choose_bands
-from sketches.ring import grow_ring
 from sketches.minhash import minhasher
+from sketches.ring import grow_ring
 from sketches.shingling import normalize, shingle_batch
 
 _TEXT_CHARS = 200  # sample texts are cut to this many characters (as burst's sample posts)
