@@ -11,6 +11,7 @@ sentinels close every window in both, so the alert sets must be equal.
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from streams.produce import envelopes
 from streams.worker import fetch_metrics
 
 REPO = Path(__file__).resolve().parents[2]
+COORD_EVAL = REPO.parent / "shared" / "data" / "coord_eval"
 MAX_EVENT_BYTES = 4096
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,13 +48,16 @@ pytestmark = pytest.mark.timeout(180)
 def stream_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stream") / "events.jsonl"
     events = list(SyntheticStream(seed=3, hours=3, rate=3, accounts=8000).events())
-    last = max(e["ts"] for e in events)
-    # a day later every window is over, and a post (a document: near_duplicate sends due updates
-    # at documents) makes the stream close them as a replay's end of file does
-    sentinels = [{"ts": last + d * 86_400, "account_id": "sentinel", "action": "post",
-                  "text": f"sentinel post number {d} after the end of the test stream"} for d in (1, 2)]  # fmt: skip
-    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events + sentinels))
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events + sentinels(max(e["ts"] for e in events))))
     return path
+
+
+def sentinels(last: float) -> list[dict[str, Any]]:
+    """Two posts a day and two days after ``last``: a day later every window is over, and a
+    post (a document: near_duplicate sends due updates at documents) makes the stream close
+    them as a replay's end of file does."""
+    return [{"ts": last + d * 86_400, "account_id": "sentinel", "action": "post",
+             "text": f"sentinel post number {d} after the end of the test stream"} for d in (1, 2)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +288,30 @@ def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_
     got = s.alert_values()
     assert len(got) == len(set(got))
     assert summarise(got) == expected
+
+
+def test_a_real_dataset_streamed_gives_the_bytes_of_its_replay(broker, tmp_path, procs):
+    """german_elections (252 k events of coordinated url and phash sharing, ``../shared``),
+    produced in envelopes: one worker publishes exactly the alerts replay writes, byte for
+    byte (a real stream's keys, times and volumes, not only the generator's)."""
+    with gzip.open(COORD_EVAL / "datasets" / "german_elections.jsonl.gz") as f:
+        lines = f.read().splitlines()
+    last = max(orjson.loads(line)["ts"] for line in lines)
+    path = tmp_path / "german_elections.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines + [orjson.dumps(e) for e in sentinels(last)]))
+    s = Setup(broker, tmp_path, procs, batch_messages=1000, snapshot_interval_s=30)
+    out = tmp_path / "replay.jsonl"
+    s.cli("replay", str(path), "--out", str(out), timeout=120)
+    want = out.read_bytes().splitlines()
+    assert len(want) > 500  # co_action's url and phash rings, bursts
+    s.cli("produce", str(path))
+    w = s.start_worker()
+    messages, valid = counts(path)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages, 120, "the whole dataset")
+    w.wait_for(lambda: len(s.alert_values()) >= len(want), 60, "the alerts")
+    time.sleep(2)  # time to show one alert too many
+    assert w.metric("coordwatch_events_total") == valid == len(lines) + 2
+    assert sorted(s.alert_values()) == sorted(want)  # every alert once (the alerts topic has partitions)
 
 
 def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late_event(
