@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import takewhile
 from datetime import datetime
+from itertools import takewhile
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,7 +110,7 @@ def parse_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Rejecti
     except orjson.JSONDecodeError as e:
         return _undecodable(raw, e)
     if type(obj) is not dict:
-        return Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", raw)
+        return _not_object(obj, raw)
     return _one(obj, raw)
 
 
@@ -131,8 +131,8 @@ def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> list[Event | 
     if type(obj) is list:
         if obj:
             return _envelope(obj, raw)
-        return [Rejection("empty_envelope", "the envelope array holds no events", raw)]
-    return [Rejection("not_object", f"expected a JSON object or array, got {_json_type(obj)}", raw)]
+        return [_empty_envelope(raw)]
+    return [_not_object(obj, raw, "a JSON object or array")]
 
 
 def parse_messages(
@@ -181,19 +181,16 @@ def parse_with_origins(
         envelope = type(objs) is list
         if not envelope:
             if type(objs) is not dict:
-                what = f"expected a JSON object or array, got {_json_type(objs)}"
-                rejected.append((i, Rejection("not_object", what, raw)))
+                rejected.append((i, _not_object(objs, raw, "a JSON object or array")))
                 continue
             objs = (objs,)
         elif not objs:
-            rejected.append((i, Rejection("empty_envelope", "the envelope array holds no events", raw)))
+            rejected.append((i, _empty_envelope(raw)))
             continue
         pristine: list[Any] | None = None  # an envelope decoded afresh, for its rejections
         for obj in objs:
             if type(obj) is not dict:  # an envelope's element
-                j = _element(i, starts, events, rejected)
-                what = f"expected a JSON object, got {_json_type(obj)}"
-                rejected.append((i, Rejection("not_object", what, _dump(obj), j)))
+                rejected.append((i, _not_object(obj, _dump(obj), index=_element(i, starts, events, rejected))))
                 continue
             # _event inlined for the usual event (see _fields): the same pops, tests and
             # result; any other event goes on to _fields' (or _event_with_id's) checks.
@@ -272,7 +269,7 @@ def unpack_events(data: bytes) -> list[Event]:
 def parse_obj(obj: Any) -> Event | Rejection:
     """Validate an already-decoded JSON object (``raw`` of a rejection is re-serialised)."""
     if type(obj) is not dict:
-        return Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", _dump(obj))
+        return _not_object(obj, _dump(obj))
     return _one(obj, None)  # _one copies it: the caller's dict stays untouched
 
 
@@ -396,6 +393,14 @@ def _too_large(raw: bytes, max_bytes: int) -> Rejection:
     return Rejection("too_large", f"{len(raw)} bytes > max_bytes {max_bytes}", raw)
 
 
+def _not_object(obj: Any, raw: bytes, expected: str = "a JSON object", index: int | None = None) -> Rejection:
+    return Rejection("not_object", f"expected {expected}, got {_json_type(obj)}", raw, index)
+
+
+def _empty_envelope(raw: bytes) -> Rejection:
+    return Rejection("empty_envelope", "the envelope array holds no events", raw)
+
+
 def _undecodable(raw: bytes, error: orjson.JSONDecodeError) -> Rejection:
     """not_utf8 or not_json (orjson reports both as one error type)."""
     try:
@@ -429,7 +434,7 @@ def _envelope(objs: list[Any], raw: bytes) -> list[Event | Rejection]:
     pristine: list[Any] | None = None
     for i, obj in enumerate(objs):
         if type(obj) is not dict:
-            out.append(Rejection("not_object", f"expected a JSON object, got {_json_type(obj)}", _dump(obj), i))
+            out.append(_not_object(obj, _dump(obj), index=i))
             continue
         try:
             ev = _event(obj)
