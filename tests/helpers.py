@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import pkgutil
 import subprocess
 import sys
 import time
@@ -30,6 +33,21 @@ def outputs_under_two_hash_seeds(code: str) -> list[str]:
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     return outs
+
+
+def concrete_subclasses(base: type, package: str) -> set[type]:
+    """Every non-abstract subclass of ``base`` defined in ``package``'s modules (all imported
+    first), so a conformance test's list of implementations can be checked for gaps."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__, f"{package}."):
+        importlib.import_module(info.name)
+    found, todo = set(), [base]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if not inspect.isabstract(sub) and sub.__module__.startswith(f"{package}."):
+                found.add(sub)
+    return found
 
 
 def read_topic(port: int, topic: str) -> list[Any]:

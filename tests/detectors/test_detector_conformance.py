@@ -21,6 +21,7 @@ from detectors.schema import alert_errors
 from detectors.synthetic import SyntheticStream
 from sketches.errors import IncompatibleSketchError, SketchFormatError
 from streams.config import SECTIONS
+from tests.helpers import concrete_subclasses
 
 NAMES = list(detector_classes())
 
@@ -53,9 +54,14 @@ def straight(name: str) -> tuple[bytes, ...]:
     return tuple(a.to_json() for a in straight_alerts(name))
 
 
-pytestmark = pytest.mark.parametrize("name", NAMES)
+each = pytest.mark.parametrize("name", NAMES)
 
 
+def test_every_detector_is_in_the_pipeline():
+    assert concrete_subclasses(Detector, "detectors") == set(detector_classes().values())
+
+
+@each
 def test_finds_something_and_every_alert_validates(name: str):
     alerts = straight(name)
     assert alerts, f"{name} found nothing in a stream with injected campaigns"
@@ -66,6 +72,7 @@ def test_finds_something_and_every_alert_validates(name: str):
         assert alert["account_count"] >= len(alert["accounts"])
 
 
+@each
 def test_alerts_do_not_depend_on_batching(name: str):
     for batch in (1, 97, 5000):
         alerts = run(make(name), stream(), batch)
@@ -73,6 +80,7 @@ def test_alerts_do_not_depend_on_batching(name: str):
         assert [a.at for a in alerts] == [a.at for a in straight_alerts(name)], f"batches of {batch} changed `at`"
 
 
+@each
 def test_alerts_carry_the_event_time_they_were_decided_at(name: str):
     """``at`` never decreases and lies within the stream (inf only for the final flush)."""
     ats = [a.at for a in straight_alerts(name)]
@@ -81,11 +89,13 @@ def test_alerts_carry_the_event_time_they_were_decided_at(name: str):
     assert all(t <= max(e.ts for e in stream()) for t in finite)
 
 
+@each
 def test_alert_ids_are_unique(name: str):
     ids = [orjson.loads(a)["alert_id"] for a in straight(name)]
     assert len(ids) == len(set(ids))
 
 
+@each
 def test_snapshot_restore_mid_stream_continues_identically(name: str):
     evs = stream()
     half = len(evs) // 2
@@ -98,6 +108,7 @@ def test_snapshot_restore_mid_stream_continues_identically(name: str):
     assert tuple(first + rest) == straight(name)
 
 
+@each
 def test_restore_refuses_other_params_and_other_detectors(name: str):
     det = make(name)
     det.process(stream()[:2000])
@@ -111,6 +122,7 @@ def test_restore_refuses_other_params_and_other_detectors(name: str):
                 type(make(other_name)).restore(make(other_name).params, data)
 
 
+@each
 def test_late_events_are_counted_and_dropped(name: str):
     det = make(name, allowed_lateness_s=10.0)
     evs = stream()[:3000]
@@ -155,6 +167,7 @@ def _with_key(name: str, n: int, shard: int, ts: float, event_id: str) -> Event:
     raise AssertionError("no such key")
 
 
+@each
 def test_a_keyed_detectors_router_routes_as_its_shards_count_and_holds_no_sketch(name: str):
     """What a worker's ingest keeps per keyed detector: a router that sends every event with
     keys to the shards of its keys, and allocates none of a detector's state (a whole burst
@@ -180,6 +193,7 @@ def test_a_keyed_detectors_router_routes_as_its_shards_count_and_holds_no_sketch
         assert np.array_equal(np.unique(np.concatenate(routes)), keyed)  # in the shards of its keys
 
 
+@each
 def test_keyed_detectors_split_into_shards_find_what_one_finds(name: str):
     """Shard ``s`` of ``n`` over the events ``route`` gives it, judged by the times of all,
     finds exactly the whole's alerts, decided at the same event times, and the same late

@@ -19,6 +19,7 @@ from sketches.hll import HyperLogLog
 from sketches.lsh import WindowedLSH
 from sketches.minhash import Signatures, minhasher
 from sketches.protocol import Sketch, SketchBase
+from tests.helpers import concrete_subclasses
 
 
 def _keys(rng: np.random.Generator, n: int = 500) -> np.ndarray:
@@ -85,7 +86,7 @@ CASES: dict[str, Case] = {
     ),
 }
 
-pytestmark = pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+each = pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 
 
 def _fed(case: Case, seed: int = 0) -> SketchBase:
@@ -94,6 +95,7 @@ def _fed(case: Case, seed: int = 0) -> SketchBase:
     return s
 
 
+@each
 def test_implements_the_protocol(case: Case):
     s = case.make()
     assert isinstance(s, Sketch)
@@ -102,6 +104,7 @@ def test_implements_the_protocol(case: Case):
     assert isinstance(s.params(), dict) and s.params()
 
 
+@each
 def test_bytes_round_trip_is_exact_and_deterministic(case: Case):
     s = _fed(case)
     data = s.to_bytes()
@@ -111,6 +114,7 @@ def test_bytes_round_trip_is_exact_and_deterministic(case: Case):
     assert _fed(case).to_bytes() == data, "same input and seed must give the same bytes"
 
 
+@each
 def test_copy_is_equal_and_independent(case: Case):
     s = _fed(case)
     c = s.copy()
@@ -120,10 +124,12 @@ def test_copy_is_equal_and_independent(case: Case):
     assert s == _fed(case), "feeding the copy changed the original"
 
 
+@each
 def test_update_changes_state(case: Case):
     assert _fed(case) != case.make()
 
 
+@each
 def test_merge_refuses_other_parameters_naming_both_values(case: Case):
     s, other = case.make(), case.make_incompatible()
     with pytest.raises(IncompatibleSketchError) as err:
@@ -134,6 +140,27 @@ def test_merge_refuses_other_parameters_naming_both_values(case: Case):
     assert repr(a) in msg and repr(b) in msg
 
 
+@each
+def test_merge_takes_in_both_streams_in_any_order(case: Case):
+    """A merge that did nothing, kept one side or depended on which side it ran on fails this."""
+    a, b, c = (_fed(case, seed) for seed in (0, 1, 2))
+    ab, ba = a.copy(), b.copy()
+    ab.merge(b)
+    ba.merge(a)
+    assert ab == ba
+    assert ab != a and ab != b
+    left, right = ab.copy(), b.copy()
+    left.merge(c)
+    right.merge(c)
+    a.merge(right)
+    assert left == a
+
+
+def test_every_sketch_has_a_case():
+    assert concrete_subclasses(SketchBase, "sketches") == {type(c.make()) for c in CASES.values()}
+
+
+@each
 def test_load_with_expected_parameters(case: Case):
     s = _fed(case)
     assert type(s).from_bytes(s.to_bytes(), expect=s.params()) == s
@@ -141,6 +168,7 @@ def test_load_with_expected_parameters(case: Case):
         type(s).from_bytes(s.to_bytes(), expect=case.make_incompatible().params())
 
 
+@each
 def test_bad_bytes_raise_format_errors(case: Case):
     s = _fed(case)
     data = s.to_bytes()
@@ -152,6 +180,7 @@ def test_bad_bytes_raise_format_errors(case: Case):
         type(s).from_bytes(other_kind.to_bytes())
 
 
+@each
 def test_errors_share_the_project_root(case: Case):
     with pytest.raises(CoordwatchError):
         type(case.make()).from_bytes(b"nonsense")

@@ -1,4 +1,7 @@
-"""``coordwatch bench sketches`` runs end to end and ends with the promised key=value figures."""
+"""Each ``coordwatch bench`` command runs end to end and ends with the promised key=value figures.
+
+Smoke runs: the figures are the benchmarks' to report (a shared, noisy machine), so these
+check that every figure is there and the relations that hold however noisy the run."""
 
 from __future__ import annotations
 
@@ -44,8 +47,8 @@ def test_bench_stream_quick_prints_table_and_figures():
     # every event is parsed and detected, so neither part alone is slower than the loop
     for key in ("parse_ceiling_events_per_s", "detect_ceiling_events_per_s"):
         assert float(figures[key]) > float(figures["loop_events_per_s"]), key
-    assert abs(float(figures["stream_vs_raw"]) * float(figures["raw_consume_events_per_s"])
-               - float(figures["stream_events_per_s"])) <= 0.01 * float(figures["stream_events_per_s"])
+    # the worker consumes what the raw consumer does, and parses and detects it too
+    assert float(figures["stream_events_per_s"]) < float(figures["raw_consume_events_per_s"])
 
 
 def test_bench_shards_quick_prints_table_and_figures():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from sketches.errors import ConfigError
@@ -50,7 +51,7 @@ def test_set_values_are_toml_literals():
 
 def test_config_is_frozen():
     c = cfg.load(environ={}).config
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         c.co_action.pair_window_s = 1  # type: ignore[misc]
 
 
