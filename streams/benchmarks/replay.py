@@ -2,7 +2,9 @@
 
 Every replay runs in its own process (``coordwatch replay --summary-json``), so its peak RSS
 is its own. Baselines in the same run: the same file with every detector disabled (parse +
-pipeline plumbing only) for events/s and RSS, and the peers' recorded timings for the
+pipeline plumbing only) for events/s and RSS, each detector alone beside all of them (a work
+unit's ceiling: the worker holding it parses every event and runs that one detector, so the
+slowest unit bounds what any number of workers detects), and the peers' recorded timings for the
 russian data x10 (coordination-network-toolkit 13.6 s, CooRTweet 862 s on this kind of
 machine, from ``../shared/data/coord_eval/peer_results``).
 """
@@ -24,7 +26,13 @@ COORD_EVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "coord_ev
 RUSSIAN = COORD_EVAL / "datasets" / "russian_coord_tweets.jsonl.gz"
 CNT_X10_S = 13.56  # peer_results/cnt_russian_x10_tw60/summary.json: peer_wall_s_total
 COORTWEET_X10_S = 862.0  # ct_russian_x10_tw60: read + detect_groups + generate_network
-OFF = ["--set", "co_action.enabled=false", "--set", "near_duplicate.enabled=false", "--set", "burst.enabled=false"]
+DETECTORS = ("co_action", "near_duplicate", "burst")
+OFF = [arg for name in DETECTORS for arg in ("--set", f"{name}.enabled=false")]
+
+
+def only(name: str) -> list[str]:
+    """The replay arguments that leave detector ``name`` the only one enabled."""
+    return [arg for other in DETECTORS if other != name for arg in ("--set", f"{other}.enabled=false")]
 
 
 def replay(events: Path, *args: str) -> dict[str, Any]:
@@ -76,6 +84,14 @@ def run(quick: bool = False) -> list[Row]:
                         key="replay_events_per_s"))
         rows.append(Row("peak RSS of that replay", ours["peak_rss_mb"], "MB (lower is better)",
                         "same file, detectors off", plain["peak_rss_mb"], key="replay_peak_rss_mb"))
+        alone = {name: replay(mix, *only(name))["events_per_s"] for name in DETECTORS}
+        for name, rate in alone.items():
+            rows.append(Row(f"  {name} alone (its work unit on one core)", rate, "events/s",
+                            "all detectors, same file", ours["events_per_s"], key=f"unit_{name}_vs_all", figure="ratio"))
+        slowest = min(alone, key=alone.__getitem__)
+        rows.append(Row(f"  the slowest unit ({slowest}): the most any number of workers detects", alone[slowest],
+                        "events/s", "all detectors, same file", ours["events_per_s"], key="scaleout_ceiling",
+                        figure="ratio"))  # fmt: skip
 
         x10 = replicate(RUSSIAN, base / "russian_x10.jsonl", 2 if quick else 10)
         cnt, bare = replay(x10, "--preset", "cnt"), replay(x10, "--preset", "cnt", *OFF)

@@ -51,6 +51,19 @@ def test_bench_stream_quick_prints_table_and_figures():
     assert float(figures["stream_events_per_s"]) < float(figures["raw_consume_events_per_s"])
 
 
+def test_bench_replay_quick_prints_table_and_figures():
+    """Replays in their own processes: all detectors, none, each alone, and the peers' data."""
+    res = subprocess.run([sys.executable, "-m", "streams", "bench", "replay", "--quick"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = {k: float(v) for k, v in (item.split("=", 1) for item in res.stdout.strip().splitlines()[-1].split())}
+    for key in ("replay_events_per_s", "replay_peak_rss_mb", "russian_x10_s", "scaleout_ceiling"):
+        assert figures[key] > 0, key
+    # a detector alone does a strict part of all three's work, and the ceiling is the slowest of them
+    units = [figures[f"unit_{name}_vs_all"] for name in ("co_action", "near_duplicate", "burst")]
+    assert min(units) > 1 and figures["scaleout_ceiling"] == min(units)
+
+
 def test_bench_shards_quick_prints_table_and_figures():
     """Burst whole and in 2 and 4 shards in-process (the bench fails if the shards' alerts differ)."""
     res = subprocess.run([sys.executable, "-m", "streams", "bench", "shards", "--quick"],
