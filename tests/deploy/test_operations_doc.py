@@ -32,7 +32,7 @@ def test_compose_variables_it_documents_are_the_ones_the_compose_file_reads() ->
 def test_metrics_it_lists_are_served_by_the_worker() -> None:
     served = {m.name for m in REGISTRY.collect()}
     served |= {f"{n}_total" for n in served}
-    listed = set(re.findall(r"`(coordwatch_[a-z_]+)", DOC))
+    listed = set(re.findall(r"`((?:coordwatch|process)_[a-z_]+)", DOC))
     assert listed, "the guide lists the worker's metrics"
     assert listed <= served, f"not served by the worker: {sorted(listed - served)}"
 
