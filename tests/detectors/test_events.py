@@ -227,10 +227,10 @@ def test_docs_table_examples_give_their_reason():
     rows = re.findall(r"^\| `([a-z0-9_:]+)` \| (.*?) \|", section, re.M)
     documented = {r for r, _ in rows}
     assert len(documented) >= 20
-    for code, example in rows:
-        if example.startswith("`b'"):
-            results = parse_message(ast.literal_eval(example.strip("`")))
-            assert [r.reason for r in results if isinstance(r, Rejection)] == [code], example
+    for code, shown in rows:
+        if shown.startswith("`b'"):
+            results = parse_message(ast.literal_eval(shown.strip("`")))
+            assert [r.reason for r in results if isinstance(r, Rejection)] == [code], shown
     assert documented == {code for _, code in CASES} | {"too_large", "empty_envelope"}
 
 
