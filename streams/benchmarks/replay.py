@@ -20,13 +20,14 @@ from typing import Any
 
 import orjson
 
+from detectors.pipeline import detector_classes
 from streams.benchmarks.common import Row
 
 COORD_EVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "coord_eval"
 RUSSIAN = COORD_EVAL / "datasets" / "russian_coord_tweets.jsonl.gz"
 CNT_X10_S = 13.56  # peer_results/cnt_russian_x10_tw60/summary.json: peer_wall_s_total
 COORTWEET_X10_S = 862.0  # ct_russian_x10_tw60: read + detect_groups + generate_network
-DETECTORS = ("co_action", "near_duplicate", "burst")
+DETECTORS = tuple(detector_classes())
 OFF = [arg for name in DETECTORS for arg in ("--set", f"{name}.enabled=false")]
 
 

@@ -61,16 +61,19 @@ STYLES = {
     "near_duplicate": {"copy_paste"},
     "burst": {"hashtag_push"},
 }
+#: campaigns of its styles a detector may miss here: co_action the weak slow ring (measured),
+#: which the whole pipeline misses too (CAUGHT_FLOOR)
+MAY_MISS = {"co_action": 1, "near_duplicate": 0, "burst": 0}
 
 
 @pytest.mark.parametrize("detector", STYLES)
 def test_each_detector_catches_the_campaigns_it_is_for_and_no_others(detector: str):
-    """Scored on its own alerts: every campaign of its styles (co_action: all but the one
-    weak slow ring the whole misses too), none of another's, and no wrong account."""
+    """Scored on its own alerts: every campaign of its styles (but MAY_MISS), none of
+    another's, and no wrong account."""
     stream, dicts = labelled_run()
     report = evaluate(stream.labels, [d for d in dicts if d["type"] == detector])
     mine = [c for c in report.campaigns if c.style in STYLES[detector]]
     assert mine and all(c.style in STYLES[detector] for c in report.campaigns if c.caught)
     missed = [c.id for c in mine if not c.caught]
-    assert len(missed) <= (len(report.campaigns) - CAUGHT_FLOOR if detector == "co_action" else 0), missed
+    assert len(missed) <= MAY_MISS[detector], missed
     assert report.false_positives == 0
