@@ -319,31 +319,28 @@ def bench_group() -> None:
     """Benchmarks; each figure is a ratio against a baseline measured in the same run."""
 
 
-@bench_group.command("sketches")
-@click.option("--quick", is_flag=True, help="Smaller inputs (a smoke run, not for reporting).")
-def bench_sketches(quick: bool) -> None:
-    """Sketch layer and event parser: table, then key=value figures on the last line."""
-    from streams.benchmarks.report import run_suite
-
-    run_suite("sketches", quick=quick)
-
-
-@bench_group.command("replay")
-@click.option("--quick", is_flag=True, help="Smaller inputs (a smoke run, not for reporting).")
-def bench_replay(quick: bool) -> None:
-    """Whole replays (generator mix, russian x10, RSS at 1 M vs 4 M events) against same-run baselines."""
-    from streams.benchmarks.report import run_suite
-
-    run_suite("replay", quick=quick)
+#: the benchmarks with no option beyond --quick: (name, what it measures, what --quick does)
+_SUITES = (
+    ("sketches", "Sketch layer and event parser: table, then key=value figures on the last line.",
+     "Smaller inputs (a smoke run, not for reporting)."),
+    ("replay", "Whole replays (generator mix, russian x10, RSS at 1 M vs 4 M events) against same-run baselines.",
+     "Smaller inputs (a smoke run, not for reporting)."),
+    ("shards", "A keyed detector split by key (work.shards), in-process: a shard's CPU and the routing beside the whole's.",
+     "6 h of the generator mix instead of 24 h (a smoke run, not for reporting)."),
+)
 
 
-@bench_group.command("shards")
-@click.option("--quick", is_flag=True, help="6 h of the generator mix instead of 24 h (a smoke run, not for reporting).")
-def bench_shards(quick: bool) -> None:
-    """A keyed detector split by key (work.shards), in-process: a shard's CPU and the routing beside the whole's."""
-    from streams.benchmarks.report import run_suite
+def _suite_command(name: str, summary: str, quick_help: str) -> None:
+    @bench_group.command(name, help=summary)
+    @click.option("--quick", is_flag=True, help=quick_help)
+    def command(quick: bool) -> None:
+        from streams.benchmarks.report import run_suite
 
-    run_suite("shards", quick=quick)
+        run_suite(name, quick=quick)
+
+
+for _suite in _SUITES:
+    _suite_command(*_suite)
 
 
 @bench_group.command("stream")
