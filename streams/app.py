@@ -1,11 +1,13 @@
 """The Faust app: input in, the detectors spread over the workers, alerts out, state snapshotted.
 
-Three agents, each on its own topic, so that N workers in one group compute exactly what one does:
+Three stages, each on its own topic, so that N workers in one group compute exactly what one does:
 
-* **ingest** reads the event topics (raw bytes, any number of partitions and workers). It
-  frames the input messages of a batch with their offsets into frames per input partition
-  (at most ``FRAME_BYTES``, a quarter if it routes) and sends each work partition its part
-  of the frame, zstd-compressed once (:class:`~streams.stages.Framer`), then acks the input.
+* **ingest** reads the event topics (raw bytes, any number of partitions and workers) with
+  aiokafka in a consumer group of its own, not through a Faust agent, which costs ~100 µs a
+  message (:mod:`streams.ingest`). It frames the input messages of a batch with their
+  offsets into frames per input partition (at most ``FRAME_BYTES``, a quarter if it routes)
+  and sends each work partition its part of the frame, zstd-compressed once
+  (:class:`~streams.stages.Framer`), then lets the reader commit the input.
   If a detector is split into shards, ingest parses each frame to route its events (on the
   worker's CPU thread, into the parse cache its detect stages share) and sends the
   rejections to the dead-letter topic (headers ``source_topic``, ``source_partition``,
@@ -15,7 +17,7 @@ Three agents, each on its own topic, so that N workers in one group compute exac
   partitions of this ingest, and every ``REPORT_EVERY_S`` ingest sends them alone (an empty
   frame): how the detect stages tell a partition that may still send older events from one
   with nothing new (``DetectStage``).
-* **detect** reads the work topic: partition ``u`` is the ``u``-th work unit
+* **detect** (a Faust agent) reads the work topic: partition ``u`` is the ``u``-th work unit
   (:func:`~streams.stages.work_units`): a detector of :data:`~streams.stages.WORK_ORDER`
   (near_duplicate, co_action, burst) as one :class:`~detectors.pipeline.Detection` over
   every event, in event time, which gets the whole frame and parses it again unless its
@@ -27,7 +29,7 @@ Three agents, each on its own topic, so that N workers in one group compute exac
   topic* ``<app_id>.link`` (one partition), stamped with its work offset. Late events are
   dead-lettered by each unit that never processed them (header ``detector``: ``burst``, or
   ``burst.1`` for a shard).
-* **link** reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
+* **link** (a Faust agent) reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
   alerts of all detectors once each has closed the tick and publishes them to the alerts
   topic (key ``group_id``, value ``Alert.to_json()``). A re-sent stage message (an offset
   not above the last one taken from that detector) is skipped.
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,6 +76,7 @@ from detectors.events import parse_message
 from detectors.pipeline import tune_gc
 from streams.broker import faust_settings
 from streams.config import Config
+from streams.ingest import InputReader, Records
 from streams.metrics import ALERTS, HELD, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
@@ -98,13 +100,21 @@ from streams.worker import fatal, started_ago
 
 log = logging.getLogger(__name__)
 
-STAGE_WITHIN_S = 0.005  # the detect and link agents' batch wait (see create_app)
+#: the detect and link agents' batch wait: Faust's take waits this long for a full batch, and
+#: a frame already holds one (waiting for 100 frames held one worker at 40 k events/s, 60 %
+#: busy; 300 k events; 0.02 s: 60 k)
+STAGE_WITHIN_S = 0.005
 #: how often ingest reports each of its input partitions' high watermark to the detect stages
 #: (``streams.stages.DetectStage``: a partition with nothing new then holds back no tick)
 REPORT_EVERY_S = 1.0
 #: a stage whose new input changed no detection state (reports only) is snapshotted this rarely
 IDLE_SNAPSHOT_S = 300.0
 T = TypeVar("T")
+
+
+def _first_input(kind: str) -> None:
+    log.info("%s: first input consumed %.2f s after process start (event loop: %s)", kind, started_ago(),
+             type(asyncio.get_running_loop()).__module__)  # fmt: skip
 
 
 def worker_dir(config: Config, worker_id: str) -> Path:
@@ -122,30 +132,54 @@ class Runner:
         self.work_partitions = len(work_units(config))
         self.parse = ParseCache(config.events.max_event_bytes)
         self.framer = Framer(config, self.parse)
+        self.input = InputReader(config, f"{config.kafka.app_id}-{worker_id}-ingest")
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching state
         tune_gc()
 
     # -- ingest ----------------------------------------------------------------------
-    async def ingest(self, events: Sequence[EventT]) -> None:
-        """Frame a batch of input messages per partition, send a copy to every detector, ack."""
-        by_tp: dict[TP, tuple[list[int], list[bytes | None], list[bytes]]] = {}
+    async def read_input(self) -> None:
+        """Ingest's loop: batches of input records (:mod:`streams.ingest`, started with the
+        app), framed and sent."""
+        first = True
+        # one batch in flight: the next is fetched and framed while the broker takes the last
+        # (each waiting for the other, the detect stages ran short of frames)
+        inflight: tuple[Awaitable[Any], Records] | None = None
+        while True:
+            records = await self.input.take()
+            delivered = None
+            if records:
+                if first:
+                    _first_input("ingest")
+                    first = False
+                delivered = asyncio.gather(*await self.ingest(records))
+            if inflight is not None:
+                await inflight[0]
+                self.input.sent(inflight[1])
+            inflight = (delivered, records) if delivered is not None else None
+            await self.input.commit_due()  # also when idle: take returns within batch_within_s
+
+    async def ingest(self, records: Records) -> list[Awaitable[Any]]:
+        """Frame a batch of input records per partition, send a copy to every detector; the
+        deliveries to wait for."""
         max_bytes = self.config.events.max_event_bytes
         futures: list[Awaitable[Any]] = []
-        MESSAGES.inc(len(events))
-        for ev in events:
-            msg, value = ev.message, ev.value or b""
-            if len(value) > max_bytes:  # never framed: the work topic's messages stay bounded
-                (r,) = parse_message(value, max_bytes)
-                futures.append(await self._send(dead_letter(self.config, (msg.topic, msg.partition), msg.offset, msg.key, None, r)))  # type: ignore[arg-type]
-                continue
-            offsets, keys, values = by_tp.setdefault(msg.tp, ([], [], []))
-            offsets.append(msg.offset)
-            keys.append(msg.key)
-            values.append(value)
-        highwaters = self._highwaters()
-        for tp, (offsets, keys, values) in by_tp.items():
+        MESSAGES.inc(sum(map(len, records.values())))
+        highwaters = self.input.highwaters()
+        for tp, batch in records.items():
             src = (tp.topic, tp.partition)
+            offsets: list[int] = []
+            keys: list[bytes | None] = []
+            values: list[bytes] = []
+            for msg in batch:
+                value = msg.value or b""
+                if len(value) > max_bytes:  # never framed: the work topic's messages stay bounded
+                    (r,) = parse_message(value, max_bytes)
+                    futures.append(await self._send(dead_letter(self.config, src, msg.offset, msg.key, None, r)))  # type: ignore[arg-type]
+                    continue
+                offsets.append(msg.offset)
+                keys.append(msg.key)
+                values.append(value)
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], self.framer.frame_bytes):
                 part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
                 # on the stages' thread if it parses (their parse cache), else here: zstd releases
@@ -153,38 +187,21 @@ class Runner:
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
                 futures += [await self._send(d) for d in dead]
                 futures += await self._frame(frames, tp, highwaters)
-            LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - offsets[-1] - 1, 0))
-        await asyncio.gather(*futures)
-        stream = self.streams["ingest"]
-        for ev in events:
-            await stream.ack(ev)
+            LAG.labels(tp.topic, str(tp.partition)).set(max((self.input.highwater(tp) or 0) - batch[-1].offset - 1, 0))
+        return futures
 
     async def report(self) -> None:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
-        if highwaters := self._highwaters():  # none if no input partition is assigned here
+        if highwaters := self.input.highwaters():  # none if no input partition is assigned here
             empty = [pack_frames([], [], [])] * self.work_partitions
             await asyncio.gather(*await self._frame(empty, None, highwaters))
-
-    def _highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
-        """The high watermark of every input partition assigned here that the consumer knows,
-        and when it learnt it (aiokafka's time of the partition's last fetch response)."""
-        events = set(self.config.topics.events)
-        client = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # aiokafka's
-        out = {}
-        for tp in self.app.consumer.assignment():
-            if tp.topic in events:
-                with contextlib.suppress(AssertionError):  # revoked meanwhile
-                    highwater, ms = client.highwater(tp), client.last_poll_timestamp(tp)
-                    if highwater is not None and ms is not None:
-                        out[(tp.topic, tp.partition)] = (highwater, ms / 1000)
-        return out
 
     async def _frame(self, frames: list[bytes], tp: TP | None,
                      highwaters: dict[tuple[str, int], tuple[int, float]]) -> list[Awaitable[Any]]:  # fmt: skip
         """Send ``frames[u]`` (of input partition ``tp``: :class:`~streams.stages.Framer`) to
         work partition ``u``, with the high watermarks of this ingest's partitions
-        (:meth:`_highwaters`): data fetched for one partition may come with news that another has more."""
+        (:meth:`InputReader.highwaters`): data fetched for one partition may come with news that another has more."""
         headers = [("highwaters", pack_highwaters(highwaters))]
         if tp is not None:
             headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
@@ -295,6 +312,7 @@ class Runner:
     async def stop(self) -> None:
         for stage in self.stages.values():
             await stage.store.stop()
+        await self.input.stop()
 
     async def _send(self, send: Send) -> Awaitable[Any]:
         topic, key, value, partition, headers = send
@@ -316,11 +334,24 @@ class Runner:
         return {"worker_id": self.worker_id, "stage": stage.name, "written": time.time(), "stats": stage.stats}
 
 
+class _App(faust.App):
+    """Faust's app, starting ingest's reader beside its own consumer: Faust runs app tasks only
+    once its group has joined, and ingest's join after that added ~session_timeout/2 to every
+    start (measured: first input 12.0 s after process start, 7.2 s with both joins at once)."""
+
+    runner: Runner | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.runner is not None:
+            self.runner.input.start()
+
+
 def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]]) -> tuple[faust.App, Runner]:
     """The Faust app for one worker (its three agents, timers and settings); ``sources``:
     every partition of the event topics."""
     k = config.kafka
-    app = faust.App(
+    app = _App(
         k.app_id,
         **faust_settings(k),
         autodiscover=False,
@@ -340,24 +371,21 @@ def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]
         consumer_max_fetch_size=max_message_bytes(config),
         producer_linger=0.005,
     )
-    runner = Runner(config, worker_id, app, sources)
+    runner = app.runner = Runner(config, worker_id, app, sources)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(*config.topics.events, **raw)
     work = app.topic(work_topic(config), partitions=runner.work_partitions, internal=True, **raw)
     link = app.topic(link_topic(config), partitions=1, internal=True, **raw)
 
-    def agent(kind: str, handle: Callable[[Sequence[EventT]], Awaitable[None]],
-              within: float) -> Callable[[StreamT], Awaitable[None]]:  # fmt: skip
+    def agent(kind: str) -> Callable[[StreamT], Awaitable[None]]:
         async def run(stream: StreamT) -> None:
             try:
                 runner.streams[kind] = stream
                 first = True
-                async for events in stream.noack_take(k.batch_messages, within=within):
+                async for events in stream.noack_take(k.batch_messages, within=STAGE_WITHIN_S):
                     if first:
-                        log.info("%s: first input consumed %.2f s after process start (event loop: %s)", kind,
-                                 started_ago(), type(asyncio.get_running_loop()).__module__)  # fmt: skip
+                        _first_input(kind)
                         first = False
-                    await handle(events)
+                    await runner.handle(kind, events)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -365,12 +393,17 @@ def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]
 
         return run
 
-    # Faust's take waits ``within`` for a full batch. Ingest batches input for the frames; the
-    # stages take what has come: a frame already holds a batch, and waiting for 100 of them
-    # held one worker at 40 k events/s, 60 % busy (300 k events; 0.02 s: 60 k)
-    app.agent(source, name="coordwatch.ingest")(agent("ingest", runner.ingest, k.batch_within_s))
-    app.agent(work, name="coordwatch.detect")(agent("detect", functools.partial(runner.handle, "detect"), STAGE_WITHIN_S))
-    app.agent(link, name="coordwatch.link")(agent("link", functools.partial(runner.handle, "link"), STAGE_WITHIN_S))
+    app.agent(work, name="coordwatch.detect")(agent("detect"))
+    app.agent(link, name="coordwatch.link")(agent("link"))
+
+    @app.task
+    async def read_input() -> None:
+        try:
+            await runner.read_input()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fatal(exc)
 
     @app.timer(interval=k.snapshot_interval_s)
     async def snapshot_timer() -> None:

@@ -46,7 +46,7 @@ class KafkaParams(Section):
         pattern=r"^kafka://[^\s,;]+(;[^\s,;]+)*$",
         description="bootstrap servers as kafka://host:port[;host:port...]; the default is the embedded broker",
     )
-    app_id: str = Field("coordwatch", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app id = consumer group")
+    app_id: str = Field("coordwatch", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app id = consumer group; ingest reads the input in group APP_ID.ingest")
     session_timeout_s: float = Field(8.0, ge=1, le=300, description="consumer session timeout; a group join waits about half of it")
     commit_interval_s: float = Field(2.0, gt=0, le=60, description="offset commit interval (at-least-once: up to this much is re-processed after a crash)")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -71,7 +71,7 @@ class KafkaParams(Section):
     )
     batch_messages: int = Field(
         1000, ge=1, le=100_000,
-        description="the ingest agent takes up to this many input messages at a time; frames are cut by bytes",
+        description="ingest takes up to this many input messages at a time; frames are cut by bytes",
     )
     batch_within_s: float = Field(
         0.2, gt=0, le=60, description="... or fewer: what arrived within this many seconds"

@@ -26,6 +26,9 @@ events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) p
   ``QUIET_S``; the end is the last change; short of them for ``SHORT_S``, the bench fails).
   Best of a few.
   ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
+* **single-event input** (``single_vs_raw_single``, ``single_vs_envelopes``): the same worker
+  on a stream of one message per event, beside the raw consume of those messages and beside
+  the worker on envelopes.
 
 ``--workers N`` (N > 1) runs N workers in one group against ONE worker by the same
 protocol, on one stream of the same events on one input partition (``--partitions P``: round
@@ -589,7 +592,8 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
             await create_topic(b.servers, topic1, 1)
             await produce(b.servers, topic1, [singles])
             single_s = min([(await raw_consume(b.servers, topic1, 1, len(singles)))[0] for _ in range(raw_runs)])
-            rows.append(Row(f"  for reference: raw consume of {len(singles)} single-event messages", len(singles) / single_s,
+            single_raw = len(singles) / single_s
+            rows.append(Row(f"  for reference: raw consume of {len(singles)} single-event messages", single_raw,
                             "messages/s", key="raw_single_msgs_per_s"))
 
             loops = [plain_loop(b.servers, topic, 1, len(envs)) for _ in range(loop_runs)]
@@ -624,6 +628,19 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
                             "plain getmany loop (same run)", loop_eps, key="stream_vs_loop", figure="ratio"))
             for name, cores in one.cpu.items():
                 rows.append(Row(f"  CPU during that run: {name}", cores, "cores"))
+
+            # single-event input: the same worker, one message an event
+            want1 = int(plain_loop(b.servers, topic1, 1, len(singles))["alerts"])
+            single_runs = [await b.run_one(topic1, len(singles), f"single{i}", timeout_s, want1) for i in range(runs)]
+            single = max(single_runs, key=lambda r: r.events_per_s)
+            say(f"1 worker, {len(singles)} single-event messages: "
+                + ", ".join(f"{r.events_per_s:,.0f}" for r in single_runs) + " events/s")
+            rows.append(Row(f"end to end, 1 worker, {len(singles)} single-event messages", single.events_per_s,
+                            "events/s", "raw consume of single-event messages (same run)", single_raw,
+                            key="single_vs_raw_single", figure="ratio"))
+            rows.append(Row("  the same, beside the worker on 100-event envelopes", single.events_per_s, "events/s",
+                            "1 worker on envelopes (same run)", one.events_per_s, key="single_vs_envelopes",
+                            figure="ratio"))
 
             if workers > 1:
                 rows += await _many(b, workers, n_events, runs, timeout_s, raw_eps, say, partitions,

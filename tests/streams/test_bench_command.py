@@ -28,7 +28,7 @@ def test_bench_sketches_quick_prints_table_and_figures():
 
 def test_bench_stream_quick_prints_table_and_figures():
     """The embedded broker, a produced stream, the baselines, one real worker process, then
-    two workers in one group beside one (about 40 s)."""
+    two workers in one group beside one, and the worker on single-event messages (about 75 s)."""
     res = subprocess.run(
         [sys.executable, "-m", "streams", "bench", "stream", "--quick", "--workers", "2"],
         capture_output=True,
@@ -42,13 +42,15 @@ def test_bench_stream_quick_prints_table_and_figures():
     for key in ("stream_events_per_s", "raw_consume_events_per_s", "stream_vs_raw", "produce_events_per_s",
                 "loop_events_per_s", "stream_vs_loop", "worker_startup_s", "stream2_events_per_s",
                 "stream1_events_per_s", "two_vs_one", "two_vs_one_per_core", "parse_ceiling_events_per_s",
-                "detect_ceiling_events_per_s"):
+                "detect_ceiling_events_per_s", "single_vs_raw_single", "single_vs_envelopes"):
         assert float(figures[key]) > 0, key
     # every event is parsed and detected, so neither part alone is slower than the loop
     for key in ("parse_ceiling_events_per_s", "detect_ceiling_events_per_s"):
         assert float(figures[key]) > float(figures["loop_events_per_s"]), key
     # the worker consumes what the raw consumer does, and parses and detects it too
     assert float(figures["stream_events_per_s"]) < float(figures["raw_consume_events_per_s"])
+    # one message an event: the worker does at least the raw consume of each and the detection
+    assert float(figures["single_vs_raw_single"]) < 1
 
 
 def test_bench_replay_quick_prints_table_and_figures():
