@@ -11,7 +11,7 @@ The reader is a consumer group of its own, ``<app_id>.ingest`` (Faust's group, `
 uses Faust's assignor protocol, which a plain aiokafka member cannot join), with aiokafka's
 round-robin assignment over the event topics' partitions. At-least-once: an offset is
 committed only once the frames of the input below it are on the broker, at most every
-``kafka.commit_interval_s`` and at each rebalance; what a restart or a new owner re-reads
+``kafka.commit_interval_s``; what a restart or a new owner re-reads
 the detect stages skip, as they hold the input offsets they have taken
 (:class:`~streams.stages.DetectStage`).
 """
@@ -122,7 +122,9 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("input offsets not committed yet (a restart now would read them again): %r", exc)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.commit()  # what was sent, before the partitions move
+        """Nothing to hand over: what was sent and not yet committed, the new owner reads
+        again and the stages skip (no commit here: one waiting on the commit lock while a
+        commit of the loop waits for the rebalance would hold both)."""
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("ingest: input partitions %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
