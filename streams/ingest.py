@@ -32,6 +32,7 @@ from streams.stages import max_message_bytes
 
 log = logging.getLogger(__name__)
 
+AIOKAFKA_FETCH_MAX_BYTES = 52428800  # aiokafka's default
 Records = dict[TopicPartition, list[Any]]  # aiokafka ConsumerRecords by partition, in offset order
 
 
@@ -61,9 +62,9 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset="earliest",
             session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, k.session_timeout_s / 3) * 1000),
-            max_poll_records=k.max_poll_records,
-            # an input message of up to events.max_event_bytes must fit in one fetch
-            fetch_max_bytes=max(52428800, max_message_bytes(self.config)),
+            # an input message of up to events.max_event_bytes must fit in one fetch (take()
+            # asks for batch_messages records, so the consumer's max_poll_records is not used)
+            fetch_max_bytes=max(AIOKAFKA_FETCH_MAX_BYTES, max_message_bytes(self.config)),
             max_partition_fetch_bytes=max_message_bytes(self.config),
             **aiokafka_settings(k),
         )
