@@ -135,11 +135,11 @@ import numpy as np
 
 from detectors.alert_graph import AlertGraph
 from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
-from detectors.co_weights import Counting, Links, Weights
+from detectors.co_objects import ObjectActions
+from detectors.co_weights import Counting, Links, Weights, fast_weights
 from detectors.events import Event
-from detectors.pairing import Pairer
 from detectors.params import CoActionParams
-from sketches.hashing import hash_strings, hash_u64
+from sketches.hashing import hash_u64
 
 LOUVAIN_SEED = 7
 DELTAS = 15  # recent co-action time deltas per pair in the evidence (median, min)
@@ -150,8 +150,6 @@ SAMPLE_POSTS = 5
 #: between bursts would otherwise sweep an empty state thousands of times.
 SWEEP_ACTIONS = 4096
 _LOW = (1 << 32) - 1
-_SEED_ACCOUNT, _SEED_OBJECT, _SEED_POST = 0xC0AC7, 0x0B1EC7, 0x9057
-_OBJECT_ID = -1  # object_fields entry whose kind is the event's object_type
 _NONE = np.empty(0, dtype=np.int64)
 _FEW = 32  # below this many changed candidates a Python loop beats numpy's per-call cost
 
@@ -193,99 +191,6 @@ def quantile7(hist: dict[int, int], q: float) -> float:
         h = index - lo
         return (1 - h) * x_lo + h * x_hi
     return float(x_lo)
-
-
-class ObjectLoad:
-    """Actions per object over the last ``span_s``, exactly, as whole panes of ``span_s /
-    PANES`` plus the current pane. Each pane and their sum are sorted key and count arrays, so
-    a batch costs a few numpy merges and lookups, never a Python call per object; memory
-    follows the objects of the span."""
-
-    PANES = 6
-
-    def __init__(self, span_s: float) -> None:
-        self.pane_s = span_s / self.PANES
-        self.pane = -math.inf  # the current pane
-        self.current = _EMPTY_COUNTS
-        self.history: list[tuple[float, _Counts]] = []  # closed panes of the span, oldest first
-        self.window = _EMPTY_COUNTS  # their sum
-
-    def counts(self, obj: np.ndarray, wm: np.ndarray) -> np.ndarray:
-        """Each action's count of earlier actions on its object in the span (actions in
-        position order, ``wm`` their watermarks), then counts them in."""
-        out = np.empty(obj.size, dtype=np.int64)
-        panes = np.floor(wm / self.pane_s)
-        runs = np.flatnonzero(np.diff(panes)) + 1
-        for lo, hi in zip([0, *runs.tolist()], [*runs.tolist(), obj.size]):
-            if panes[lo] > self.pane:
-                self._roll(float(panes[lo]))
-            o = obj[lo:hi]
-            uniq, inverse, n = np.unique(o, return_inverse=True, return_counts=True)
-            base = _lookup(self.window, uniq) + _lookup(self.current, uniq)
-            order = np.argsort(inverse, kind="stable")  # each object's actions, in position order
-            rank = np.empty(o.size, dtype=np.int64)
-            rank[order] = np.arange(o.size) - np.repeat(np.cumsum(n) - n, n)
-            out[lo:hi] = base[inverse] + rank
-            self.current = _merge(self.current, (uniq, n))
-        return out
-
-    def _roll(self, pane: float) -> None:
-        if self.current[0].size:
-            self.history.append((self.pane, self.current))
-            self.window = _merge(self.window, self.current)
-        self.current, self.pane = _EMPTY_COUNTS, pane
-        while self.history and self.history[0][0] <= pane - self.PANES:
-            keys, n = self.history.pop(0)[1]
-            wk, wn = self.window
-            wn = wn.copy()
-            wn[np.searchsorted(wk, keys)] -= n  # a pane's keys are all in the window
-            keep = wn > 0
-            self.window = (wk[keep], wn[keep])
-
-    def state(self) -> dict[str, Any]:
-        return {"pane": _fin(self.pane), "current": _items(self.current),
-                "history": [[p, _items(c)] for p, c in self.history]}  # fmt: skip
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.pane = _unfin(state["pane"])
-        self.current = _from_items(state["current"])
-        self.history = [(p, _from_items(c)) for p, c in state["history"]]
-        self.window = _EMPTY_COUNTS
-        for _, c in self.history:
-            self.window = _merge(self.window, c)
-
-
-_Counts = tuple[np.ndarray, np.ndarray]  # sorted unique uint64 keys, their int64 counts
-_EMPTY_COUNTS: _Counts = (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
-
-
-def _merge(a: _Counts, b: _Counts) -> _Counts:
-    """The sum of two count tables."""
-    if not a[0].size:
-        return b
-    keys, inverse = np.unique(np.concatenate((a[0], b[0])), return_inverse=True)
-    n = np.bincount(inverse, weights=np.concatenate((a[1], b[1])), minlength=keys.size)
-    return keys, n.astype(np.int64)  # float64 sums of counts: exact below 2**53
-
-
-def _lookup(table: _Counts, keys: np.ndarray) -> np.ndarray:
-    """The counts of ``keys`` in ``table`` (0 where absent)."""
-    tk, tn = table
-    if not tk.size:
-        return np.zeros(keys.size, dtype=np.int64)
-    i = np.minimum(np.searchsorted(tk, keys), tk.size - 1)
-    return np.where(tk[i] == keys, tn[i], 0)
-
-
-def _items(table: _Counts) -> list[tuple[int, int]]:
-    return list(zip(table[0].tolist(), table[1].tolist()))
-
-
-def _from_items(items: list[list[int]]) -> _Counts:
-    if not items:
-        return _EMPTY_COUNTS
-    keys, n = zip(*items)
-    return np.array(keys, dtype=np.uint64), np.array(n, dtype=np.int64)
 
 
 class _Ids:
@@ -332,9 +237,26 @@ class _Ids:
         self.index = {k: i for i, k in enumerate(self.keys) if k is not None}
 
 
+def _locate(bases: list[int], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk (of chunks starting at positions ``bases``) holding each position, and the place in it."""
+    b = np.array(bases, dtype=np.int64)
+    chunk = np.searchsorted(b, refs, side="right") - 1
+    return chunk, refs - b[chunk]
+
+
+def _gather(bases: list[int], chunks: list[np.ndarray], refs: np.ndarray, dtype: type) -> np.ndarray:
+    """``chunks``' values at positions ``refs``."""
+    out = np.empty(refs.size, dtype=dtype)
+    chunk, at = _locate(bases, refs)
+    for c in np.unique(chunk).tolist():
+        sel = chunk == c
+        out[sel] = chunks[c][at[sel]]
+    return out
+
+
 class _Store:
-    """Time, event id, object and post of the actions live pairs and the pairer may still name,
-    in chunks by position."""
+    """Time, event id, object, post and participant of the actions live pairs and the object
+    parts may still name, in chunks by position."""
 
     def __init__(self) -> None:
         self.bases: list[int] = []
@@ -342,29 +264,31 @@ class _Store:
         self.eids: list[np.ndarray] = []  # object arrays of str
         self.objs: list[np.ndarray] = []
         self.posts: list[np.ndarray] = []
+        self.pids: list[np.ndarray] = []
 
-    def add(self, base: int, ts: np.ndarray, eids: np.ndarray, objs: np.ndarray, posts: np.ndarray) -> None:
-        self.bases.append(base)
-        self.ts.append(ts)
-        self.eids.append(eids)
-        self.objs.append(objs)
-        self.posts.append(posts)
-
-    def _locate(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunk = np.searchsorted(np.array(self.bases), refs, side="right") - 1
-        return chunk, refs - np.array(self.bases)[chunk]
+    def add(self, base: int, ts: np.ndarray, eids: np.ndarray, objs: np.ndarray, posts: np.ndarray,
+            pids: np.ndarray) -> None:  # fmt: skip
+        for col, x in ((self.bases, base), (self.ts, ts), (self.eids, eids), (self.objs, objs), (self.posts, posts),
+                       (self.pids, pids)):  # fmt: skip
+            col.append(x)  # type: ignore[attr-defined]
 
     def post(self, refs: np.ndarray) -> np.ndarray:
-        out = np.empty(refs.size, dtype=np.uint64)
-        chunk, at = self._locate(refs)
-        for c in np.unique(chunk).tolist():
-            sel = chunk == c
-            out[sel] = self.posts[c][at[sel]]
-        return out
+        return _gather(self.bases, self.posts, refs, np.uint64)
+
+    def pid(self, refs: np.ndarray) -> np.ndarray:
+        return _gather(self.bases, self.pids, refs, np.int64)
+
+    def pids_since(self, ref: int) -> np.ndarray:
+        """The participants of the actions at and after position ``ref``."""
+        if not self.bases:
+            return _NONE
+        c, at = (int(x[0]) for x in _locate(self.bases, np.array([ref], dtype=np.int64)))
+        c = max(c, 0)
+        return np.concatenate([self.pids[c][max(at, 0) :], *self.pids[c + 1 :]])
 
     def get(self, refs: Sequence[int]) -> list[tuple[float, str, str]]:
         """(ts, event id, object) of each action."""
-        chunk, at = self._locate(np.asarray(refs, dtype=np.int64))
+        chunk, at = _locate(self.bases, np.asarray(refs, dtype=np.int64))
         return [(float(self.ts[c][i]), self.eids[c][i], self.objs[c][i]) for c, i in zip(chunk.tolist(), at.tolist())]
 
     def trim(self, lowest: int) -> None:
@@ -372,15 +296,14 @@ class _Store:
         k = 0
         while k + 1 < len(self.bases) and self.bases[k + 1] <= lowest:
             k += 1
-        for col in (self.bases, self.ts, self.eids, self.objs, self.posts):
+        for col in (self.bases, self.ts, self.eids, self.objs, self.posts, self.pids):
             del col[:k]
 
     def state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
         sizes = [len(e) for e in self.eids]
         head = {"bases": self.bases, "sizes": sizes, "eids": [e.tolist() for e in self.eids],
                 "objs": [o.tolist() for o in self.objs]}
-        cat = lambda xs, d: np.concatenate(xs).astype(d) if xs else np.empty(0, dtype=d)  # noqa: E731
-        return head, [cat(self.ts, np.float64), cat(self.posts, np.uint64)]
+        return head, [_cat(self.ts, np.float64), _cat(self.posts, np.uint64), _cat(self.pids, np.int64)]
 
     def load(self, head: dict[str, Any], arrays: list[np.ndarray]) -> None:
         ends = np.cumsum(head["sizes"]).tolist()
@@ -388,8 +311,47 @@ class _Store:
         self.bases = head["bases"]
         self.eids = [np.array(e, dtype=object) for e in head["eids"]]
         self.objs = [np.array(o, dtype=object) for o in head["objs"]]
-        self.ts = [arrays[0][a:b] for a, b in zip(starts, ends)]
-        self.posts = [arrays[1][a:b] for a, b in zip(starts, ends)]
+        ts, posts, pids = arrays
+        self.ts = [ts[a:b] for a, b in zip(starts, ends)]
+        self.posts = [posts[a:b].astype(np.uint64) for a, b in zip(starts, ends)]
+        self.pids = [pids[a:b].astype(np.int64) for a, b in zip(starts, ends)]
+
+
+def _cat(xs: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(xs).astype(dtype) if xs else np.empty(0, dtype=dtype)
+
+
+class _RefMap:
+    """An object part's local positions -> the detector's (global) positions, in chunks by
+    local position, for those the part may still name."""
+
+    def __init__(self) -> None:
+        self.bases: list[int] = []
+        self.refs: list[np.ndarray] = []
+
+    def add(self, base: int, refs: np.ndarray) -> None:
+        self.bases.append(base)
+        self.refs.append(refs)
+
+    def __call__(self, local: np.ndarray) -> np.ndarray:
+        return _gather(self.bases, self.refs, local, np.int64) if local.size else _NONE
+
+    def trim(self, lowest: int) -> None:
+        """Drop chunks holding only local positions below ``lowest``."""
+        k = 0
+        while k < len(self.bases) and self.bases[k] + self.refs[k].size <= lowest:
+            k += 1
+        del self.bases[:k], self.refs[:k]
+
+    def state(self) -> tuple[list[int], np.ndarray]:
+        return self.bases, _cat(self.refs, np.int64)
+
+    def load(self, bases: list[int], refs: np.ndarray) -> None:
+        self.bases = list(bases)
+        ends = [*(b - bases[0] for b in bases[1:]), None] if bases else []
+        starts = [b - bases[0] for b in bases] if bases else []
+        # chunks are contiguous in local positions: each ends where the next begins
+        self.refs = [refs[a:e].astype(np.int64) for a, e in zip(starts, ends)]
 
 
 _PAIR_COLS = ("seen", "rn", "ro", "pn", "po", "an", "ao", "dt", "sn", "so", "ob", "ek")
@@ -536,21 +498,20 @@ class _Pairs:
 
 
 class CoActionDetector(Detector[CoActionParams]):
-    NAME = "co_action"
-    STATE_VERSION = 2
+    """co_action (module docstring); ``parts = n`` reads its objects in ``n`` object parts
+    (:mod:`detectors.co_objects`) whose actions it merges: the same alerts as one part."""
 
-    def __init__(self, params: CoActionParams, shard: Shard = WHOLE) -> None:
+    NAME = "co_action"
+    STATE_VERSION = 3
+
+    def __init__(self, params: CoActionParams, shard: Shard = WHOLE, parts: int = 1) -> None:
         super().__init__(params, shard)
         p = params
         self._keep_s = p.pair_window_s + p.allowed_lateness_s  # how long an action can still pair
         self._per_type = p.participation_scope == "object_type"
-        self._types = None if p.object_types is None else frozenset(p.object_types)
-        self._one = frozenset(p.one_object_actions)
         self._params_json = p.model_dump(mode="json")
-        self._kinds: dict[str, int] = {}
-        self._fields = [(f, _OBJECT_ID if f == "object_id" else self._kind(f[:-1])) for f in p.object_fields]
-        self._pairer = Pairer(p.pair_window_s, self._keep_s, p.max_fanout)
-        self._load = ObjectLoad(p.memory_s)
+        self._objects = [ObjectActions(p, (s, parts)) for s in range(parts)]
+        self._maps = [_RefMap() for _ in range(parts)]
         self._accounts = _Ids()
         self._parts = _Ids() if self._per_type else self._accounts  # participants
         self._paid = np.empty(0, dtype=np.int64)  # participant -> account (per-type scope)
@@ -565,9 +526,7 @@ class CoActionDetector(Detector[CoActionParams]):
         self._row_q: list[np.ndarray] = []  # chunks of (watermark, participant, account) per action
         self._row_head = 0
         self._row_applied = 0  # rows of the last chunk counted
-        self._posts: dict[int, float] = {}  # one_object_actions: post -> watermark of its first action
         self._weights: Weights
-        self._posts_matter = bool(self._one) or not fast_weights(p)  # distinct posts, participation
         if fast_weights(p):
             self._weights = Counting(p.min_weight, p.weight_mode == "distinct_objects")
         else:
@@ -591,12 +550,6 @@ class CoActionDetector(Detector[CoActionParams]):
     def _account_of(self, pid: int) -> int:
         """Participant id -> account id (the same id when participants are accounts)."""
         return int(self._paid[pid]) if self._per_type else pid
-
-    def _kind(self, name: str) -> int:
-        k = self._kinds.get(name)
-        if k is None:
-            k = self._kinds[name] = len(self._kinds)
-        return k
 
     # -- events ----------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
@@ -637,85 +590,60 @@ class CoActionDetector(Detector[CoActionParams]):
         return alerts
 
     def _actions(self, events: Sequence[Event], marks: np.ndarray) -> _Batch | None:
-        """The batch's actions (position order), their pairs, stored and queued; None if none."""
-        _, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
-        evs: list[list[int]] = []
-        kinds: list[np.ndarray] = []
-        vals: list[str] = []
-        for field, kind in self._fields:
-            if kind == _OBJECT_ID:
-                idx = [i for i, v in enumerate(oid_c) if v is not None]
-                otypes = [extra_c[i].get("object_type") for i in idx]
-                kind_of = {o: self._object_kind(o) for o in set(otypes)}
-                ks = [kind_of[o] for o in otypes]
-                idx, ks = [i for i, k in zip(idx, ks) if k >= 0], [k for k in ks if k >= 0]
-                evs.append(idx)
-                kinds.append(np.array(ks, dtype=np.uint64))
-                vals += [oid_c[i] for i in idx]
-            else:
-                col = urls_c if field == "urls" else tags_c if field == "hashtags" else [e.domains for e in events]
-                idx = [i for i, xs in enumerate(col) for _ in xs]
-                evs.append(idx)
-                kinds.append(np.full(len(idx), kind, dtype=np.uint64))
-                vals += [x for xs in col for x in xs]
-        ev = np.concatenate([np.array(part, dtype=np.int64) for part in evs]) if evs else np.empty(0, dtype=np.int64)
-        if not ev.size:
+        """The batch's actions of every object part, merged in position order, their pairs,
+        stored and queued; None if none."""
+        found = [(k, a) for k, o in enumerate(self._objects) if (a := o.actions(events, marks, self.times)) is not None]
+        if not found:
             return None
-        kind_a = np.concatenate(kinds)
-        obj = hash_u64(hash_strings(vals, _SEED_OBJECT) ^ (kind_a * np.uint64(0x9E3779B97F4A7C15)), _SEED_OBJECT)
-        order = np.lexsort((np.arange(ev.size), ev))  # event order, fields in config order within one
-        first = np.ones(ev.size, dtype=bool)  # one action per (event, object)
-        srt = np.lexsort((np.arange(ev.size), obj, ev))
-        dup = (ev[srt][1:] == ev[srt][:-1]) & (obj[srt][1:] == obj[srt][:-1])
-        first[srt[1:][dup]] = False
-        order = order[first[order]]
-        ev, obj, kind_a = ev[order], obj[order], kind_a[order]
-        objs = np.array(vals, dtype=object)[order]  # C-level takes, not a list comprehension
-        ah = hash_strings(acc_c, _SEED_ACCOUNT)[ev]
-        aid = self._accounts.intern(ah, lambda f: acc_c[ev[f]])
+        n = sum(map(len, (a for _, a in found)))
+        refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
+        self._next_ref += n
+        pair_new, pair_ref, pair_ts = [], [], []
+        if len(found) == 1:
+            k, a = found[0]
+            ev, obj, objs, ah, ph, names, eids, post = a.ev, a.obj, a.objs, a.ah, a.ph, a.names, a.eids, a.post
+            at = np.arange(n)
+        else:  # the whole's order: (event, field, place); each part's actions keep theirs
+            cat = lambda name: np.concatenate([getattr(a, name) for _, a in found])  # noqa: E731
+            order = np.lexsort((cat("rank"), cat("ev")))
+            ev, obj, objs, ah, ph, names, eids, post = (cat(c)[order] for c in
+                                                        ("ev", "obj", "objs", "ah", "ph", "names", "eids", "post"))
+            at = np.empty(n, dtype=np.int64)
+            at[order] = np.arange(n)  # each part's actions' places in the merged order, part after part
+        lo = 0
+        for k, a in found:
+            mine = at[lo : lo + len(a)]
+            lo += len(a)
+            self._maps[k].add(a.ref0, refs[mine])
+            pair_new.append(mine[a.pair_new])
+            pair_ref.append(self._maps[k](a.pair_ref))
+            pair_ts.append(a.pair_ts)
+            self._maps[k].trim(a.oldest)
+            self.stats["viral_actions"] += a.viral
+        new, ref, pts = (np.concatenate(x) for x in (pair_new, pair_ref, pair_ts))
+        if len(found) > 1:
+            by = np.lexsort((ref, new))
+            new, ref, pts = new[by], ref[by], pts[by]
+        aid = self._accounts.intern(ah, names.__getitem__)
         if self._per_type:
-            ph = hash_u64(ah ^ (kind_a + np.uint64(1)) * np.uint64(0xBF58476D1CE4E5B9), _SEED_ACCOUNT)
-            pid = self._parts.intern(ph, lambda f: acc_c[ev[f]])
+            pid = self._parts.intern(ph, names.__getitem__)
             if self._paid.size < len(self._parts):
                 self._paid = np.concatenate((self._paid, np.zeros(len(self._parts) - self._paid.size, dtype=np.int64)))
             self._paid[pid] = aid
         else:
-            ph, pid = ah, aid
+            pid = aid
         self._grow(len(self._parts), len(self._accounts))
         self._batch_pids = pid  # in use until the batch is done, whatever a sweep finds
-        post = np.zeros(ev.size, dtype=np.uint64)
-        if self._posts_matter:
-            cids = [x.get("content_id") or e for x, e in zip(extra_c, eid_c)]
-            if any(type(c) is not str for c in cids):
-                cids = [str(c) for c in cids]
-            post = hash_u64(hash_strings(cids, _SEED_POST)[ev] ^ ph, _SEED_POST)
-        wm = marks[ev]
-        if self._one:
-            one = np.fromiter(map(self._one.__contains__, act_c), dtype=bool, count=len(act_c))[ev]
-            keep = self._first_of_post(post, wm, one.tolist())
-            if not keep.all():
-                ev, obj, pid, aid, post, wm = ev[keep], obj[keep], pid[keep], aid[keep], post[keep], wm[keep]
-                objs = objs[keep]
-            if not ev.size:
-                return None
-        n = ev.size
-        ts = self.times[ev]
-        refs = np.arange(self._next_ref, self._next_ref + n, dtype=np.int64)
-        self._next_ref += n
-        self._store.add(int(refs[0]), ts, np.array(eid_c, dtype=object)[ev], objs, post)
-        quiet = None
-        if self.params.max_object_actions:
-            quiet = self._load.counts(obj, wm) >= self.params.max_object_actions
-            self.stats["viral_actions"] += int(quiet.sum())
-        pairs = self._pairer.pair(obj, pid, ts, refs, float(marks[-1]), quiet)
-        k = len(pairs)
+        wm, ts = marks[ev], self.times[ev]
+        self._store.add(int(refs[0]), ts, eids, objs, post, pid)
+        k = int(new.size)
         self.stats["pairs"] += k
-        new = pairs.new
+        po = self._store.pid(ref) if k else _NONE
         cols = {
-            "seen": wm[new], "rn": refs[new], "ro": pairs.ref, "pn": pid[new], "po": pairs.part,
-            "an": aid[new], "ao": self._account(pairs.part), "dt": ts[new] - pairs.ts,
-            "sn": post[new], "so": self._store.post(pairs.ref) if k else np.empty(0, dtype=np.uint64), "ob": obj[new],
-            "ek": _keys(aid[new], self._account(pairs.part)),
+            "seen": wm[new], "rn": refs[new], "ro": ref, "pn": pid[new], "po": po,
+            "an": aid[new], "ao": self._account(po), "dt": ts[new] - pts,
+            "sn": post[new], "so": self._store.post(ref) if k else np.empty(0, dtype=np.uint64), "ob": obj[new],
+            "ek": _keys(aid[new], self._account(po)),
         }  # fmt: skip
         self._pairs.append(cols)
         if self._track:
@@ -723,11 +651,10 @@ class CoActionDetector(Detector[CoActionParams]):
             self._row_applied = 0
         return _Batch(n, int(refs[0]), ev, pid, aid, post, wm, new)
 
-    def _object_kind(self, otype: Any) -> int:
-        """The kind of an object_id with this object_type, or -1 if object_types excludes it."""
-        if self._types is not None and otype not in self._types:
-            return -1
-        return self._kind(otype if type(otype) is str else "object")
+    def _tail(self) -> int:
+        """The lowest position an object part may still pair with (its tail's oldest)."""
+        return min((int(m(np.array([o.oldest]))[0]) if o.oldest < o.next_ref else self._next_ref
+                    for o, m in zip(self._objects, self._maps)), default=self._next_ref)  # fmt: skip
 
     def _account(self, pids: np.ndarray) -> np.ndarray:
         return self._paid[pids] if self._per_type else pids
@@ -739,19 +666,6 @@ class CoActionDetector(Detector[CoActionParams]):
             self._acts = self._rows
         elif self._acts.size < accounts:
             self._acts = np.concatenate((self._acts, np.zeros(max(accounts, 2 * self._acts.size) - self._acts.size, np.int64)))
-
-    def _first_of_post(self, post: np.ndarray, wm: np.ndarray, one: list[bool]) -> np.ndarray:
-        """one_object_actions: keep an action of such an event only if its post had no action
-        in the last keep_s (every action registers its post)."""
-        keep = np.ones(post.size, dtype=bool)
-        posts, window = self._posts, self._keep_s
-        for i, (s, w, o) in enumerate(zip(post.tolist(), wm.tolist(), one)):
-            first = posts.get(s)
-            if first is None or first < w - window:
-                posts[s] = w
-            elif o:
-                keep[i] = False
-        return keep
 
     def _apply(self, acts: _Batch, a: int, q: int) -> None:
         """Count the batch's actions up to ``a`` and its pairs up to ``q`` (the newest chunk)."""
@@ -1034,8 +948,10 @@ class CoActionDetector(Detector[CoActionParams]):
         self._swept, self._swept_ref = t, self._applied_ref
         lo = t - self._keep_s
         views = self._pairs.views(applied=False)
+        tail = self._tail()
         used = np.zeros(len(self._parts), dtype=bool)
-        for col in (*(v[c] for v in views for c in ("pn", "po")), self._pairer.part, self._batch_pids):
+        # the object parts' tails: the participants of every action from the oldest on (a superset)
+        for col in (*(v[c] for v in views for c in ("pn", "po")), self._store.pids_since(tail), self._batch_pids):
             used[col] = True
         if self._track:
             used |= self._rows[: used.size] > 0
@@ -1051,10 +967,9 @@ class CoActionDetector(Detector[CoActionParams]):
                 self._accounts.release(gone)
             else:
                 self._accounts.release(idle)
-        refs = [*(v["ro"] for v in views), self._pairer.ref]
-        self._store.trim(min((int(r.min()) for r in refs if r.size), default=self._next_ref))
-        if self._posts:
-            self._posts = {s: w for s, w in self._posts.items() if w >= lo}
+        self._store.trim(min([*(int(v["ro"].min()) for v in views if v["ro"].size), tail]))
+        for o in self._objects:
+            o.forget(t)
         if isinstance(self._weights, Links):
             self._weights.forget(lo)
         groups = self._groups  # least recently examined first
@@ -1090,6 +1005,7 @@ class CoActionDetector(Detector[CoActionParams]):
     # -- state -----------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
         store_head, store_arrays = self._store.state()
+        objects = [o.state() for o in self._objects]
         live = self._pairs.live()  # between batches every pair and row is applied
         rows_q = np.concatenate([c[:, self._row_head if i == 0 else 0 :] for i, c in enumerate(self._row_q)], axis=1) \
             if self._row_q else np.zeros((3, 0))  # fmt: skip
@@ -1100,12 +1016,11 @@ class CoActionDetector(Detector[CoActionParams]):
             "swept_ref": self._swept_ref,
             "applied_ref": self._applied_ref,
             "next_ref": self._next_ref,
-            "kinds": list(self._kinds),
             "accounts": self._accounts.state(),
             "parts": self._parts.state() if self._per_type else None,
             "store": store_head,
-            "posts": list(self._posts.items()),
-            "load": self._load.state(),
+            "objects": [head for head, _ in objects],
+            "maps": [m.state()[0] for m in self._maps],
             "weights": self._weights.state(),  # type: ignore[attr-defined]
             "cand": self._cand.state(),
             "cut": self._cut,
@@ -1114,16 +1029,22 @@ class CoActionDetector(Detector[CoActionParams]):
             "groups": [[g, *rec] for g, rec in self._groups.items()],
             "member": list(self._member.items()),
         }
-        arrays = [*self._pairer.arrays(), *store_arrays, *(live[k] for k in _PAIR_COLS),
-                  self._paid, self._rows, self._acts, rows_q, *self._cand.arrays()]  # fmt: skip
+        arrays = [*store_arrays, *(live[k] for k in _PAIR_COLS), self._paid, self._rows, self._acts, rows_q,
+                  *self._cand.arrays(), *(m.state()[1] for m in self._maps),
+                  *(a for _, xs in objects for a in xs)]  # fmt: skip
         return state, arrays
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        self._pairer.load(arrays[:4])
-        self._store.load(state["store"], arrays[4:6])
-        n_cols = len(_PAIR_COLS)
-        live = {k: a.astype(d) for k, a, d in zip(_PAIR_COLS, arrays[6 : 6 + n_cols], _PAIR_TYPES)}
-        paid, rows, acts, rows_q, *cand = arrays[6 + n_cols :]
+        self._store.load(state["store"], arrays[:3])
+        n_cols, n_parts = len(_PAIR_COLS), len(state["objects"])
+        live = {k: a.astype(d) for k, a, d in zip(_PAIR_COLS, arrays[3 : 3 + n_cols], _PAIR_TYPES)}
+        paid, rows, acts, rows_q, *rest = arrays[3 + n_cols :]
+        cand, maps, tails = rest[:4], rest[4 : 4 + n_parts], rest[4 + n_parts :]
+        self._objects = [ObjectActions(self.params, (s, n_parts)) for s in range(n_parts)]
+        self._maps = [_RefMap() for _ in range(n_parts)]
+        for k, (o, m) in enumerate(zip(self._objects, self._maps)):
+            o.load(state["objects"][k], tails[4 * k : 4 * k + 4])
+            m.load(state["maps"][k], maps[k])
         self._paid, self._rows, self._acts = paid.astype(np.int64), rows.astype(np.int64), acts.astype(np.int64)
         if not self._per_type:
             self._acts = self._rows
@@ -1131,13 +1052,9 @@ class CoActionDetector(Detector[CoActionParams]):
         self._wm, self._bucket, self._swept = _unfin(state["wm"]), _unfin(state["bucket"]), _unfin(state["swept"])
         self._swept_ref, self._applied_ref = state["swept_ref"], state["applied_ref"]
         self._next_ref = state["next_ref"]
-        for name in state["kinds"]:
-            self._kind(name)
         self._accounts.load(state["accounts"])
         if self._per_type:
             self._parts.load(state["parts"])
-        self._posts = dict(map(tuple, state["posts"]))  # type: ignore[arg-type]
-        self._load.load(state["load"])
         n = len(live["seen"])
         self._pairs = _Pairs()
         self._pairs.chunks = [live] if n else []
@@ -1179,12 +1096,6 @@ class _Evidence:
     @property
     def last(self) -> float:
         return float(self.pairs["seen"].max())
-
-
-def fast_weights(p: CoActionParams) -> bool:
-    """Whether an edge's weight is just its live share pairs (:class:`~detectors.co_weights.Counting`)."""
-    return (p.weight_mode != "distinct_contents" and p.min_participation == 1 and p.participation_scope == "all"
-            and p.edge_weight_quantile is None)  # fmt: skip
 
 
 class _Candidates:

@@ -21,11 +21,20 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from detectors.params import CoActionParams
+
 _LOW = (1 << 32) - 1
+
+
+def fast_weights(p: CoActionParams) -> bool:
+    """Whether an edge's weight is just its live share pairs (:class:`Counting`)."""
+    return (p.weight_mode != "distinct_contents" and p.min_participation == 1 and p.participation_scope == "all"
+            and p.edge_weight_quantile is None)  # fmt: skip
 
 
 def pair_key(p: int, q: int) -> int:
