@@ -142,10 +142,11 @@ class Detector(ABC, Generic[P]):
 
     NAME: ClassVar[str]
     STATE_VERSION: ClassVar[int]
+    SPLITS: ClassVar[bool] = False  # it runs as shard s of n > 1 (a keyed detector; co_action's object parts)
 
     def __init__(self, params: P, shard: Shard = WHOLE) -> None:
         s, n = shard
-        if not 0 <= s < n or (n > 1 and not isinstance(self, KeyedDetector)):
+        if not 0 <= s < n or (n > 1 and not self.SPLITS):
             raise ValueError(f"{self.NAME} cannot run as shard {s} of {n}")
         self.params = params
         self.shard = shard
@@ -265,6 +266,8 @@ class Router(Protocol):
 class KeyedDetector(Detector[P]):
     """A detector whose alerts are per key, and keys never meet: it splits into shards by key
     (module docstring)."""
+
+    SPLITS = True
 
     @classmethod
     @abstractmethod

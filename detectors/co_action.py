@@ -135,11 +135,13 @@ import numpy as np
 
 from detectors.alert_graph import AlertGraph
 from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
-from detectors.co_objects import ObjectActions
+from detectors.co_objects import Actions, ObjectActions, Segment
 from detectors.co_weights import Counting, Links, Weights, fast_weights
 from detectors.events import Event
 from detectors.params import CoActionParams
+from sketches.errors import CoordwatchError
 from sketches.hashing import hash_u64
+from sketches.protocol import pack, unpack
 
 LOUVAIN_SEED = 7
 DELTAS = 15  # recent co-action time deltas per pair in the evidence (median, min)
@@ -499,19 +501,23 @@ class _Pairs:
 
 class CoActionDetector(Detector[CoActionParams]):
     """co_action (module docstring); ``parts = n`` reads its objects in ``n`` object parts
-    (:mod:`detectors.co_objects`) whose actions it merges: the same alerts as one part."""
+    (:mod:`detectors.co_objects`) whose actions it merges: the same alerts as one part. With
+    ``local = False`` the parts run elsewhere (:class:`CoActionParts`) and their actions come
+    through :meth:`process_parts`."""
 
     NAME = "co_action"
     STATE_VERSION = 3
 
-    def __init__(self, params: CoActionParams, shard: Shard = WHOLE, parts: int = 1) -> None:
+    def __init__(self, params: CoActionParams, shard: Shard = WHOLE, parts: int = 1, local: bool = True) -> None:
         super().__init__(params, shard)
         p = params
         self._keep_s = p.pair_window_s + p.allowed_lateness_s  # how long an action can still pair
         self._per_type = p.participation_scope == "object_type"
         self._params_json = p.model_dump(mode="json")
-        self._objects = [ObjectActions(p, (s, parts)) for s in range(parts)]
+        self._objects = [ObjectActions(p, (s, parts)) for s in range(parts)] if local else []
         self._maps = [_RefMap() for _ in range(parts)]
+        self._part_oldest = [0] * parts  # each part's oldest tail position and next position (local)
+        self._part_next = [0] * parts
         self._accounts = _Ids()
         self._parts = _Ids() if self._per_type else self._accounts  # participants
         self._paid = np.empty(0, dtype=np.int64)  # participant -> account (per-type scope)
@@ -553,8 +559,27 @@ class CoActionDetector(Detector[CoActionParams]):
 
     # -- events ----------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
+        if not self._objects:
+            raise CoordwatchError("this co_action merges object parts run elsewhere: feed it process_parts")
+        return self._take([o.actions(events, self.marks, self.times) for o in self._objects])
+
+    def process_parts(self, times: np.ndarray, found: Sequence[Actions]) -> list[Alert]:
+        """A batch of events (their times, in sequence order) whose actions object parts run
+        elsewhere found (one :class:`~detectors.co_objects.Actions` per part, in part order, ``ev``
+        counted from the batch's first event): what :meth:`process` does with the events."""
+        if not times.size:
+            return []
+        self.marks = np.maximum.accumulate(np.maximum(times, self.watermark))
+        self.times = times
+        self.stats["events"] += times.size
+        alerts = self._take(found)
+        self.watermark = float(self.marks[-1])
+        return alerts
+
+    def _take(self, found: Sequence[Actions]) -> list[Alert]:
+        """The batch's actions (those of each object part): pairs and rows counted, evaluations run."""
         marks = self.marks
-        acts = self._actions(events, marks)
+        acts = self._actions(found, marks)
         step = self.params.eval_interval_s
         buckets = np.floor(marks / step)
         prev = np.concatenate(([self._bucket], buckets[:-1]))
@@ -589,10 +614,14 @@ class CoActionDetector(Detector[CoActionParams]):
         self._batch_pids = _NONE
         return alerts
 
-    def _actions(self, events: Sequence[Event], marks: np.ndarray) -> _Batch | None:
+    def _actions(self, parts: Sequence[Actions], marks: np.ndarray) -> _Batch | None:
         """The batch's actions of every object part, merged in position order, their pairs,
         stored and queued; None if none."""
-        found = [(k, a) for k, o in enumerate(self._objects) if (a := o.actions(events, marks, self.times)) is not None]
+        for k, a in enumerate(parts):
+            self._part_next[k] = a.ref0 + len(a)
+            if a.oldest is not None:
+                self._part_oldest[k] = a.oldest
+        found = [(k, a) for k, a in enumerate(parts) if len(a)]
         if not found:
             return None
         n = sum(map(len, (a for _, a in found)))
@@ -618,7 +647,8 @@ class CoActionDetector(Detector[CoActionParams]):
             pair_new.append(mine[a.pair_new])
             pair_ref.append(self._maps[k](a.pair_ref))
             pair_ts.append(a.pair_ts)
-            self._maps[k].trim(a.oldest)
+            if a.oldest is not None:
+                self._maps[k].trim(a.oldest)
             self.stats["viral_actions"] += a.viral
         new, ref, pts = (np.concatenate(x) for x in (pair_new, pair_ref, pair_ts))
         if len(found) > 1:
@@ -652,9 +682,10 @@ class CoActionDetector(Detector[CoActionParams]):
         return _Batch(n, int(refs[0]), ev, pid, aid, post, wm, new)
 
     def _tail(self) -> int:
-        """The lowest position an object part may still pair with (its tail's oldest)."""
-        return min((int(m(np.array([o.oldest]))[0]) if o.oldest < o.next_ref else self._next_ref
-                    for o, m in zip(self._objects, self._maps)), default=self._next_ref)  # fmt: skip
+        """The lowest position an object part may still pair with (its tail's oldest, as last reported)."""
+        return min((int(m(np.array([old]))[0]) if old < nxt else self._next_ref
+                    for old, nxt, m in zip(self._part_oldest, self._part_next, self._maps)),
+                   default=self._next_ref)  # fmt: skip
 
     def _account(self, pids: np.ndarray) -> np.ndarray:
         return self._paid[pids] if self._per_type else pids
@@ -1019,8 +1050,10 @@ class CoActionDetector(Detector[CoActionParams]):
             "accounts": self._accounts.state(),
             "parts": self._parts.state() if self._per_type else None,
             "store": store_head,
-            "objects": [head for head, _ in objects],
+            "objects": [head for head, _ in objects],  # none if the parts run elsewhere
             "maps": [m.state()[0] for m in self._maps],
+            "part_oldest": self._part_oldest,
+            "part_next": self._part_next,
             "weights": self._weights.state(),  # type: ignore[attr-defined]
             "cand": self._cand.state(),
             "cut": self._cut,
@@ -1036,15 +1069,17 @@ class CoActionDetector(Detector[CoActionParams]):
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
         self._store.load(state["store"], arrays[:3])
-        n_cols, n_parts = len(_PAIR_COLS), len(state["objects"])
+        n_cols, n_parts = len(_PAIR_COLS), len(state["maps"])
         live = {k: a.astype(d) for k, a, d in zip(_PAIR_COLS, arrays[3 : 3 + n_cols], _PAIR_TYPES)}
         paid, rows, acts, rows_q, *rest = arrays[3 + n_cols :]
         cand, maps, tails = rest[:4], rest[4 : 4 + n_parts], rest[4 + n_parts :]
-        self._objects = [ObjectActions(self.params, (s, n_parts)) for s in range(n_parts)]
-        self._maps = [_RefMap() for _ in range(n_parts)]
-        for k, (o, m) in enumerate(zip(self._objects, self._maps)):
+        self._objects = [ObjectActions(self.params, (s, n_parts)) for s in range(len(state["objects"]))]
+        for k, o in enumerate(self._objects):
             o.load(state["objects"][k], tails[4 * k : 4 * k + 4])
-            m.load(state["maps"][k], maps[k])
+        self._maps = [_RefMap() for _ in range(n_parts)]
+        for m, bases, refs in zip(self._maps, state["maps"], maps):
+            m.load(bases, refs)
+        self._part_oldest, self._part_next = list(state["part_oldest"]), list(state["part_next"])
         self._paid, self._rows, self._acts = paid.astype(np.int64), rows.astype(np.int64), acts.astype(np.int64)
         if not self._per_type:
             self._acts = self._rows
@@ -1067,6 +1102,65 @@ class CoActionDetector(Detector[CoActionParams]):
         self._graph.load(state["graph"], [(*self._names(k), k) for k in self._cand.strong_keys()])
         self._groups = {g: rec for g, *rec in state["groups"]}
         self._member = dict(state["member"])
+
+
+class CoActionParts:
+    """co_action whose ``parts`` object parts run elsewhere, each a
+    :class:`~detectors.co_objects.CoActionPart` (a worker's work partition), merged here.
+
+    Every part sees the same events in the same order (the detection's canonical sequence), so
+    a segment's events are named by their place in it, however each part's batches were cut.
+    :meth:`offer` takes the parts' segments in any interleaving (each part's in order; one
+    taken before is dropped: a part resumed from an older snapshot sends it again), runs the
+    detector over the stretch of events every part has sent (cut where the shortest part's
+    batch ends), and advances it to a part's horizon once the events before that are in. So
+    it finds the whole's alerts (tested against one detector)."""
+
+    def __init__(self, params: CoActionParams, parts: int) -> None:
+        self.detector = CoActionDetector(params, parts=parts, local=False)
+        self.queues: list[list[Segment]] = [[] for _ in range(parts)]
+        self.expect = [0] * parts  # the next segment of each part
+        self.done = 0  # events taken
+        self.horizon = -math.inf  # advanced to
+
+    def offer(self, part: int, seg: Segment) -> list[Alert]:
+        """Part ``part``'s next segment: the alerts it lets the detector find."""
+        if seg.seq < self.expect[part]:
+            return []
+        if seg.seq > self.expect[part]:
+            raise CoordwatchError(f"co_action object part {part}: segment {seg.seq} came before {self.expect[part]}")
+        self.expect[part] += 1
+        self.queues[part].append(seg)
+        alerts: list[Alert] = []
+        while True:
+            horizon = self.horizon
+            for q in self.queues:  # segments whose events are taken: their horizons hold
+                while q and q[0].end <= self.done:
+                    horizon = max(horizon, q.pop(0).horizon)
+            if horizon > self.horizon:
+                self.horizon = horizon
+                alerts += self.detector.advance(horizon)
+            if not all(self.queues):
+                return alerts
+            end = min(q[0].end for q in self.queues)
+            lo = self.done
+            first = self.queues[0][0]
+            found = [q[0].actions.cut(lo - q[0].start, end - q[0].start) for q in self.queues]
+            alerts += self.detector.process_parts(first.times[lo - first.start : end - first.start], found)
+            self.done = end
+
+    def state(self) -> bytes:
+        head = {"kind": "co_action.parts", "version": 1, "expect": self.expect, "done": self.done,
+                "horizon": _fin(self.horizon), "queued": [len(q) for q in self.queues]}  # fmt: skip
+        segs = [np.frombuffer(x.to_bytes(), dtype=np.uint8) for q in self.queues for x in q]
+        return pack(head, [np.frombuffer(self.detector.snapshot(), dtype=np.uint8), *segs])
+
+    def load(self, data: bytes) -> None:
+        head, (det, *segs) = unpack(data, kind="co_action.parts", version=1)
+        self.detector = CoActionDetector.restore(self.detector.params, det.tobytes())
+        self.expect, self.done, self.horizon = head["expect"], head["done"], _unfin(head["horizon"])
+        it = iter(segs)
+        self.queues = [[Segment.from_bytes(next(it).tobytes()) for _ in range(n)] for n in head["queued"]]
 
 
 @dataclass

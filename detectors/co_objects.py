@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import WHOLE, Shard
+from detectors.base import WHOLE, Alert, Detector, Shard
 from detectors.co_weights import fast_weights
 from detectors.events import Event
 from detectors.pairing import Pairer
 from detectors.params import CoActionParams
 from sketches.hashing import hash_string, hash_strings, hash_u64
+from sketches.protocol import pack, unpack
 
 SEED_ACCOUNT, SEED_OBJECT, SEED_POST = 0xC0AC7, 0x0B1EC7, 0x9057
 _SEED_KIND = 0x4B1D
@@ -76,11 +77,45 @@ class Actions:
     pair_new: np.ndarray
     pair_ref: np.ndarray
     pair_ts: np.ndarray
-    oldest: int
+    oldest: int | None  # None in a cut that is not the batch's end: unknown there
     viral: int
 
     def __len__(self) -> int:
         return int(self.ev.size)
+
+    @classmethod
+    def empty(cls, ref0: int, oldest: int | None) -> Actions:
+        i, u, o = np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, dtype=object)
+        return cls(i, i, u, o, u, u, o, o, u, ref0, i, i, np.empty(0), oldest, 0)
+
+    def cut(self, lo: int, hi: int) -> Actions:
+        """The actions of the batch's events ``lo`` to ``hi`` (``ev`` counted from ``lo``), with
+        their pairs; ``oldest`` and ``viral`` only if the cut reaches the batch's last action."""
+        a, b = (int(x) for x in np.searchsorted(self.ev, [lo, hi]))
+        p, q = (int(x) for x in np.searchsorted(self.pair_new, [a, b]))
+        end = b == self.ev.size
+        return Actions(self.ev[a:b] - lo, *(x[a:b] for x in (self.rank, self.obj, self.objs, self.ah, self.ph,
+                       self.names, self.eids, self.post)), self.ref0 + a, self.pair_new[p:q] - a,
+                       self.pair_ref[p:q], self.pair_ts[p:q], self.oldest if end else None,
+                       self.viral if end else 0)  # fmt: skip
+
+    def to_bytes(self) -> bytes:
+        """:mod:`sketches.protocol`'s layout: the strings in the header, the columns as arrays."""
+        head = {"kind": "co_action.actions", "version": 1, "ref0": self.ref0, "oldest": self.oldest,
+                "viral": self.viral, "objs": self.objs.tolist(), "names": self.names.tolist(),
+                "eids": self.eids.tolist()}  # fmt: skip
+        return pack(head, [getattr(self, c) for c in _COLUMNS])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Actions:
+        head, arrays = unpack(data, kind="co_action.actions", version=1)
+        cols = dict(zip(_COLUMNS, (a.astype(d) for a, d in zip(arrays, _COLUMN_TYPES))))
+        strings = {k: np.array(head[k], dtype=object) for k in ("objs", "names", "eids")}
+        return cls(**cols, **strings, ref0=head["ref0"], oldest=head["oldest"], viral=head["viral"])
+
+
+_COLUMNS = ("ev", "rank", "obj", "ah", "ph", "post", "pair_new", "pair_ref", "pair_ts")
+_COLUMN_TYPES = (np.int64, np.int64, np.uint64, np.uint64, np.uint64, np.uint64, np.int64, np.int64, np.float64)
 
 
 class ObjectActions:
@@ -106,9 +141,13 @@ class ObjectActions:
         self._posts: dict[int, float] = {}  # one_object_actions: post -> watermark of its first action
         self.next_ref = 0  # local position of the next action
 
-    def actions(self, events: Sequence[Event], marks: np.ndarray, times: np.ndarray) -> Actions | None:
+    def actions(self, events: Sequence[Event], marks: np.ndarray, times: np.ndarray) -> Actions:
         """The batch's actions on this part's objects (``marks``/``times``: each event's watermark
-        and time), paired, the tail moved on to the batch's last watermark; None if none."""
+        and time), paired, the tail moved on to the batch's last watermark."""
+        found = self._read(events, marks, times)
+        return Actions.empty(self.next_ref, self.oldest) if found is None else found
+
+    def _read(self, events: Sequence[Event], marks: np.ndarray, times: np.ndarray) -> Actions | None:
         _, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
         evs: list[np.ndarray] = []
         ranks: list[np.ndarray] = []
@@ -314,3 +353,72 @@ def _from_items(items: list[list[int]]) -> _Counts:
         return _EMPTY_COUNTS
     keys, n = zip(*items)
     return np.array(keys, dtype=np.uint64), np.array(n, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What an object part run as a detector (:class:`CoActionPart`) hands on per call: a batch
+    (``start``: events before it in the stream; the events' ``times``; its ``actions``), or an
+    advance (no events; ``horizon``: the event time reached). ``seq`` numbers a part's segments."""
+
+    seq: int
+    start: int
+    times: np.ndarray
+    actions: Actions
+    horizon: float = -math.inf
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.times.size)
+
+    def to_bytes(self) -> bytes:
+        head = {"kind": "co_action.segment", "version": 1, "seq": self.seq, "start": self.start,
+                "horizon": None if self.horizon == -math.inf else "inf" if self.horizon == math.inf else self.horizon}
+        return pack(head, [self.times, np.frombuffer(self.actions.to_bytes(), dtype=np.uint8)])  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Segment:
+        head, (times, actions) = unpack(data, kind="co_action.segment", version=1)
+        h = head["horizon"]
+        horizon = -math.inf if h is None else math.inf if h == "inf" else float(h)
+        return cls(head["seq"], head["start"], times.astype(np.float64), Actions.from_bytes(actions.tobytes()), horizon)
+
+
+class CoActionPart(Detector[CoActionParams]):
+    """Object part ``shard = (s, n)`` of a split co_action as a detector of its own (a worker's
+    work partition): it alerts nothing, and hands every batch's actions and every advance to
+    :attr:`outbox` (:class:`Segment`) for the co_action that merges the parts
+    (:class:`~detectors.co_action.CoActionParts`)."""
+
+    NAME = "co_action.objects"
+    STATE_VERSION = 1
+    SPLITS = True
+
+    def __init__(self, params: CoActionParams, shard: Shard = WHOLE) -> None:
+        super().__init__(params, shard)
+        self.objects = ObjectActions(params, shard)
+        self.count = 0  # events handed on
+        self.seq = 0  # segments handed on
+        self.outbox: list[Segment] = []  # for the caller to send and clear
+
+    def _process(self, events: Sequence[Event]) -> list[Alert]:
+        acts = self.objects.actions(events, self.marks, self.times)
+        self._out(self.count, self.times, acts, -math.inf)
+        self.count += len(events)
+        return []
+
+    def _advance(self, watermark: float) -> list[Alert]:
+        self._out(self.count, np.empty(0), Actions.empty(self.objects.next_ref, None), watermark)
+        return []
+
+    def _out(self, start: int, times: np.ndarray, acts: Actions, horizon: float) -> None:
+        self.outbox.append(Segment(self.seq, start, times, acts, horizon))
+        self.seq += 1
+
+    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        head, arrays = self.objects.state()
+        return {"objects": head, "count": self.count, "seq": self.seq}, arrays
+
+    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        self.objects.load(state["objects"], arrays)
+        self.count, self.seq = state["count"], state["seq"]
