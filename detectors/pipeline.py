@@ -81,6 +81,14 @@ def detector_classes() -> dict[str, type[Detector[Any]]]:
     return {"co_action": CoActionDetector, "near_duplicate": NearDuplicateDetector, "burst": BurstDetector}
 
 
+def detector_parts() -> dict[str, type[Detector[Any]]]:
+    """Config section name → the detector that runs one part of it apart (a split detector
+    whose parts alert nothing but feed a merge: co_action's object parts)."""
+    from detectors.co_objects import CoActionPart
+
+    return {"co_action": CoActionPart}
+
+
 _ORDER = attrgetter("ts", "event_id", "account_id", "action")
 _TS = attrgetter("ts")
 
