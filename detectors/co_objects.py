@@ -384,6 +384,12 @@ class Segment:
         return cls(head["seq"], head["start"], times.astype(np.float64), Actions.from_bytes(actions.tobytes()), horizon)
 
 
+#: a segment's size, about (the event times, an action's numbers, names and object): a worker
+#: sends each as a message, which must stay below the work topic's message limit
+SEGMENT_BYTES = 1 << 20
+_ACTION_BYTES = 9 * 8 + 64
+
+
 class CoActionPart(Detector[CoActionParams]):
     """Object part ``shard = (s, n)`` of a split co_action as a detector of its own (a worker's
     work partition): it alerts nothing, and hands every batch's actions and every advance to
@@ -403,7 +409,13 @@ class CoActionPart(Detector[CoActionParams]):
 
     def _process(self, events: Sequence[Event]) -> list[Alert]:
         acts = self.objects.actions(events, self.marks, self.times)
-        self._out(self.count, self.times, acts, -math.inf)
+        # a batch may hold hours of a backlog: cut into segments of about SEGMENT_BYTES
+        cost = np.bincount(acts.ev, weights=_ACTION_BYTES + np.fromiter(map(len, acts.objs), np.float64, len(acts)),
+                           minlength=len(events)) + 8  # fmt: skip
+        piece = np.floor((np.cumsum(cost) - cost) / SEGMENT_BYTES)
+        cuts = [0, *(np.flatnonzero(np.diff(piece)) + 1).tolist(), len(events)]
+        for lo, hi in zip(cuts, cuts[1:]):
+            self._out(self.count + lo, self.times[lo:hi], acts.cut(lo, hi), -math.inf)
         self.count += len(events)
         return []
 

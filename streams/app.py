@@ -84,6 +84,7 @@ from streams.stages import (
     DetectStage,
     Framer,
     LinkStage,
+    MergeStage,
     ParseCache,
     Send,
     Stage,
@@ -194,10 +195,10 @@ class Runner:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
         if highwaters := self.input.highwaters():  # none if no input partition is assigned here
-            empty = [pack_frames([], [], [])] * self.work_partitions
+            empty = self.framer.alike(pack_frames([], [], []))
             await asyncio.gather(*await self._frame(empty, None, highwaters))
 
-    async def _frame(self, frames: list[bytes], tp: TP | None,
+    async def _frame(self, frames: list[bytes | None], tp: TP | None,
                      highwaters: dict[tuple[str, int], tuple[int, float]]) -> list[Awaitable[Any]]:  # fmt: skip
         """Send ``frames[u]`` (of input partition ``tp``: :class:`~streams.stages.Framer`) to
         work partition ``u``, with the high watermarks of this ingest's partitions
@@ -207,7 +208,7 @@ class Runner:
             headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
             headers.append(FRAME_CODEC)  # a report carries no frame
         topic = work_topic(self.config)
-        return [await self._send((topic, None, frame, u, headers)) for u, frame in enumerate(frames)]
+        return [await self._send((topic, None, frame, u, headers)) for u, frame in enumerate(frames) if frame is not None]
 
     # -- detect and link -------------------------------------------------------------
     async def handle(self, kind: str, events: Sequence[EventT]) -> None:
@@ -246,8 +247,13 @@ class Runner:
         """The stage of a newly assigned partition, from its newest snapshot (or a first one)."""
         if tp not in self.app.consumer.assignment():
             return None
-        stage: Stage = (DetectStage(self.config, tp, self.app, self.parse, self.sources) if kind == "detect"
-                        else LinkStage(self.config, tp, self.app))  # fmt: skip
+        stage: Stage
+        if kind == "link":
+            stage = LinkStage(self.config, tp, self.app)
+        elif work_units(self.config)[tp.partition].role == "merge":
+            stage = MergeStage(self.config, tp, self.app)
+        else:
+            stage = DetectStage(self.config, tp, self.app, self.parse, self.sources)
         t0 = time.perf_counter()
         await stage.store.start()
         snap = await stage.store.load()

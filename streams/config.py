@@ -110,19 +110,21 @@ class TopicsParams(Section):
 class WorkParams(Section):
     shards: dict[str, int] = Field(
         default_factory=dict,
-        description="work partitions a keyed detector is split into by key, so that more workers share it "
-        "(burst only: a co_action group or a near_duplicate cluster can join any keys), e.g. {burst = 4}",
+        description="work partitions a detector is split into, so that more workers share it: burst by key; "
+        "co_action into object parts (by object) and one partition merging them (its groups can join any "
+        "objects); near_duplicate does not split. E.g. {burst = 4, co_action = 3}",
     )
 
     @model_validator(mode="after")
-    def _keyed(self) -> Self:
+    def _splits(self) -> Self:
         from detectors.base import KeyedDetector
-        from detectors.pipeline import detector_classes
+        from detectors.pipeline import detector_classes, detector_parts
 
-        keyed = [name for name, cls in detector_classes().items() if issubclass(cls, KeyedDetector)]
+        splits = [name for name, cls in detector_classes().items()
+                  if issubclass(cls, KeyedDetector) or name in detector_parts()]  # fmt: skip
         for name, n in self.shards.items():
-            if name not in keyed:
-                raise ValueError(f"work.shards.{name} = {n}: only a keyed detector splits ({', '.join(keyed)}); remove {name}")
+            if name not in splits:
+                raise ValueError(f"work.shards.{name} = {n}: only {', '.join(splits)} split; remove {name}")
             if not 1 <= n <= 64:
                 raise ValueError(f"work.shards.{name} = {n}: use 1 to 64 shards")
         return self
@@ -140,6 +142,17 @@ class Config(Section):
     kafka: KafkaParams = Field(default_factory=KafkaParams)
     topics: TopicsParams = Field(default_factory=TopicsParams)
     work: WorkParams = Field(default_factory=WorkParams)
+
+    @model_validator(mode="after")
+    def _parts_apart(self) -> Self:
+        n = self.work.shards.get("co_action", 1)
+        if n > 1 and self.co_action.one_object_actions:
+            raise ValueError(
+                f"work.shards.co_action = {n} with co_action.one_object_actions = {self.co_action.one_object_actions}: "
+                "that rule needs all of a post's objects in one place; set work.shards.co_action = 1 "
+                "or co_action.one_object_actions = []"
+            )
+        return self
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -306,6 +319,9 @@ def _explain(exc: ValidationError, data: dict[str, dict[str, Any]], sources: Map
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         section = loc[0] if loc else ""
+        if not loc:  # a rule across sections: its message names the keys
+            lines.append(err["msg"].removeprefix("Value error, "))
+            continue
         if section not in SECTIONS:
             lines.append(
                 f"[{section}]: unknown section. "

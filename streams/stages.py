@@ -24,11 +24,14 @@ import orjson
 import zstandard
 from faust.types import TP, EventT
 
-from detectors.base import Alert, Shard
+from detectors.base import WHOLE, Alert, Shard
+from detectors.co_action import CoActionParts
+from detectors.co_objects import CoActionPart, Segment
 from detectors.events import Event, Rejection, pack_events, parse_with_origins, unpack_events
 from detectors.pipeline import (
     AlertOrder,
     Detection,
+    detector_parts,
     enabled_detectors,
     enabled_names,
     json_tick,
@@ -82,26 +85,54 @@ WORK_ORDER = ("near_duplicate", "co_action", "burst")
 
 
 class Unit(NamedTuple):
-    """What a work partition runs: a detector over every event, or a shard of a keyed one
-    (``work.shards``: see ``detectors.base``) over the events of its keys."""
+    """What a work partition runs (``role``): a detector over every event (``whole``), a shard
+    of a keyed one over the events of its keys (``shard``: ``work.shards``, see
+    ``detectors.base``), or a split co_action's object part over every event (``objects``:
+    ``detectors.co_objects``, its output to the partition that merges the parts, ``merge``)."""
 
     detector: str
     shard: Shard
+    role: str = "whole"
 
     @property
     def name(self) -> str:
         s, n = self.shard
-        return self.detector if n == 1 else f"{self.detector}.{s}"
+        return f"{self.detector}.objects.{s}" if self.role == "objects" else self.detector if n == 1 else f"{self.detector}.{s}"
 
     @property
     def sharded(self) -> bool:
-        return self.shard[1] > 1
+        """Ingest routes it the events of its keys."""
+        return self.role == "shard"
+
+    @property
+    def alerts(self) -> bool:
+        """It sends alerts to the link partition (an object part sends its merge its actions)."""
+        return self.role != "objects"
+
+    @property
+    def framed(self) -> bool:
+        """Ingest sends it frames (the merge gets the object parts' output instead)."""
+        return self.role != "merge"
 
 
 def work_units(config: Config) -> list[Unit]:
-    """The enabled detectors in work-partition order, a keyed one as its shards: partition ``u`` runs the ``u``-th."""
-    names = sorted(enabled_names(config), key=WORK_ORDER.index)
-    return [Unit(name, (s, n)) for name in names for n in [config.work.shards.get(name, 1)] for s in range(n)]
+    """The enabled detectors in work-partition order, a split one as its shards (or object
+    parts, then their merge): partition ``u`` runs the ``u``-th."""
+    units = []
+    for name in sorted(enabled_names(config), key=WORK_ORDER.index):
+        n = config.work.shards.get(name, 1)
+        if n == 1:
+            units.append(Unit(name, WHOLE))
+        elif name in detector_parts():
+            units += [*(Unit(name, (s, n), "objects") for s in range(n)), Unit(name, WHOLE, "merge")]
+        else:
+            units += [Unit(name, (s, n), "shard") for s in range(n)]
+    return units
+
+
+def merge_partition(config: Config, detector: str) -> int:
+    """The work partition merging ``detector``'s object parts."""
+    return next(u for u, unit in enumerate(work_units(config)) if unit.detector == detector and unit.role == "merge")
 
 
 def stage_names(config: Config) -> list[str]:
@@ -293,24 +324,27 @@ class Framer:
         self._zstd = zstandard.ZstdCompressor(level=1)  # 3.2x on JSON events at ~300 MB/s (level 3: 3.5x, 170 MB/s)
 
     def __call__(self, src: tuple[str, int], offsets: list[int], keys: list[bytes | None],
-                 values: list[bytes]) -> tuple[list[bytes], list[Send]]:  # fmt: skip
+                 values: list[bytes]) -> tuple[list[bytes | None], list[Send]]:  # fmt: skip
+        """Per work partition its frame (None: the partition takes no frames), and the dead letters."""
         frame = self._zstd.compress(pack_frames(offsets, keys, values))
         if not self.parses:
-            return [frame] * len(self.units), []
+            return self.alike(frame), []
         events, rejected, origins = self.parse(src, offsets, values)
         dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         at = np.asarray(offsets, dtype=np.int64)[origins]
         times = np.fromiter(map(attrgetter("ts"), events), dtype=np.float64, count=len(events))
         routes = {name: r.route(events, self.config.work.shards[name]) for name, r in self.routers.items()}
-        out = []
-        for u in self.units:
+        out = self.alike(frame)
+        for k, u in enumerate(self.units):
             if u.sharded:
                 idx = routes[u.detector][u.shard[0]]
                 routed = pack_routed(offsets[-1] + 1, at, times, idx, [events[i] for i in idx.tolist()])
-                out.append(self._zstd.compress(routed))
-            else:
-                out.append(frame)
+                out[k] = self._zstd.compress(routed)
         return out, dead
+
+    def alike(self, frame: bytes) -> list[bytes | None]:
+        """``frame`` for every work partition that takes frames."""
+        return [frame if u.framed else None for u in self.units]
 
 
 #: a source's report (its high watermark, and when the ingest reading it learnt it from a
@@ -381,13 +415,20 @@ class DetectStage(Stage):
         self.primary = tp.partition == 0  # counts the events and sets the watermark gauge, once
         self.rejects = self.primary and not rejections_at_ingest(config)  # dead-letters the parse rejections
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
-        detectors = enabled_detectors(config, [self.detector], self.unit.shard)
+        if self.unit.role == "objects":  # one part of a split detector: its late events are the detector's
+            detectors = [detector_parts()[self.detector](getattr(config, self.detector), self.unit.shard)]
+            self.merge = merge_partition(config, self.detector)
+            self.late_as = self.detector if self.unit.shard[0] == 0 else None
+        else:
+            detectors = enabled_detectors(config, [self.detector], self.unit.shard)
+            self.late_as = self.unit.name
         self.detection = Detection(detectors, config.linking.tick_s, lateness)
         self.sources = {source_key(s): s for s in sources}
         self.reports: dict[str, Report] = {}
         self.progress: dict[str, float] = {}  # source -> timestamp of its last new input or new report
         self.history: list[tuple[float, float]] = []  # (frame timestamp, newest event time after it), recent
         self._unzstd = zstandard.ZstdDecompressor()
+        self._zstd = zstandard.ZstdCompressor(level=1)
 
     def _handle(self, msg: Any, value: bytes) -> Out:
         now, headers = float(msg.timestamp), dict(msg.headers or ())
@@ -410,11 +451,15 @@ class DetectStage(Stage):
         found = self.detection.advance(self.watermark(now))
         if self.detection.closed > before:
             self.dirty = True
-            # a JSON head line, then one alert per line (their canonical bytes, as published)
-            head = {"detector": self.unit.name, "offset": msg.offset, "closed": tick_json(self.detection.closed),
-                    "at": [a.at for a in found]}  # fmt: skip
-            body = b"\n".join([orjson.dumps(head), *(a.to_json() for a in found)])
-            out.sends.append((link_topic(self.config), self.detector.encode(), body, 0, None))
+            if self.unit.alerts:
+                out.sends.append(link_message(self.config, self.unit.name, msg.offset, self.detection.closed, found))
+            else:  # an object part: its segments to the partition merging the parts
+                part = self.detection.detectors[0]
+                assert isinstance(part, CoActionPart)
+                headers = [("part", str(self.unit.shard[0]).encode()), FRAME_CODEC]
+                out.sends += [(work_topic(self.config), None, self._zstd.compress(seg.to_bytes()), self.merge, headers)
+                              for seg in part.outbox]  # fmt: skip
+                part.outbox.clear()
         return out
 
     def _take(self, src: tuple[str, int], value: bytes, now: float, out: Out) -> None:
@@ -448,8 +493,9 @@ class DetectStage(Stage):
         self.progress[key] = now
         self.dirty = True
         for e in self.detection.add(events, key, times, members):
-            r = self.detection.late_rejection(e)
-            out.sends.append(dead_letter(self.config, src, None, None, self.unit.name, r))
+            if self.late_as is not None:
+                r = self.detection.late_rejection(e)
+                out.sends.append(dead_letter(self.config, src, None, None, self.late_as, r))
         if count := len(events) if times is None else times.size:  # the newest event time may have moved
             if self.primary:
                 EVENTS.inc(count)
@@ -494,6 +540,57 @@ class DetectStage(Stage):
         return self.detection.stats
 
 
+def link_message(config: Config, unit: str, offset: int, closed: float, found: Sequence[Alert]) -> Send:
+    """What a unit sends the link partition: a JSON head line (the unit, its work offset, the
+    tick it has closed up to, each alert's ``at``), then one alert per line (their canonical
+    bytes, as published)."""
+    head = {"detector": unit, "offset": offset, "closed": tick_json(closed), "at": [a.at for a in found]}
+    body = b"\n".join([orjson.dumps(head), *(a.to_json() for a in found)])
+    return link_topic(config), unit.split(".")[0].encode(), body, 0, None
+
+
+class MergeStage(Stage):
+    """The work partition merging a split co_action's object parts
+    (:class:`~detectors.co_action.CoActionParts`): the parts' segments in (each part's in order,
+    the parts interleaved as they came, a segment re-sent after a part's restart dropped), its
+    alerts to the link partition, with the tick up to which the parts have vouched for the
+    event time."""
+
+    KIND = "detect"
+
+    def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
+        self.unit = work_units(config)[tp.partition]
+        super().__init__(config, f"detect-{self.unit.name}", tp, app)
+        name = self.unit.detector
+        self.parts = CoActionParts(getattr(config, name), config.work.shards[name])
+        self._unzstd = zstandard.ZstdDecompressor()
+
+    def _handle(self, msg: Any, value: bytes) -> Out:
+        headers, out = dict(msg.headers or ()), Out()
+        if (part := headers.get("part")) is None:
+            return out  # nothing else is sent here
+        if headers.get(FRAME_CODEC[0]) == FRAME_CODEC[1]:
+            value = self._unzstd.decompress(value)
+        before = self.parts.horizon
+        found = self.parts.offer(int(part), Segment.from_bytes(value))
+        self.dirty = True
+        if found or self.parts.horizon > before:
+            h, step = self.parts.horizon, self.config.linking.tick_s
+            closed = h if math.isinf(h) else round(h / step) - 1  # the horizon is where the next tick starts
+            out.sends.append(link_message(self.config, self.unit.name, msg.offset, closed, found))
+        return out
+
+    def state(self) -> bytes:
+        return self.parts.state()
+
+    def load(self, state: bytes) -> None:
+        self.parts.load(state)
+
+    @property
+    def stats(self) -> Any:
+        return {self.unit.detector: dict(self.parts.detector.stats)}
+
+
 class LinkStage(Stage):
     """The link partition: every detector's alerts, linked in one order, published once."""
 
@@ -502,9 +599,10 @@ class LinkStage(Stage):
 
     def __init__(self, config: Config, tp: TP, app: faust.App) -> None:
         super().__init__(config, "link", tp, app)
-        names = [u.name for u in work_units(config)]
+        units = work_units(config)
+        names = [u.name for u in units if u.alerts]
         self.work = work_topic(config)
-        self.partition_of = {name: u for u, name in enumerate(names)}
+        self.partition_of = {u.name: k for k, u in enumerate(units) if u.alerts}
         # alerts in the pipeline's order (config order), whatever the partitions' order
         self.order = AlertOrder(names, enabled_names(config), config.linking)
         self.seen: set[str] = set()  # alert ids already on the alerts topic (after a restart)

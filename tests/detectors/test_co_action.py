@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from detectors.base import Alert
 from detectors.co_action import CoActionDetector, CoActionParts, quantile7
+from detectors import co_objects
 from detectors.co_objects import CoActionPart, Segment
 from detectors.co_weights import Counting, Links
 from detectors.events import Event, parse_obj
@@ -246,9 +247,11 @@ def apart(params: CoActionParams, evs: list[Event], n: int, seed: int) -> tuple[
 
 
 @pytest.mark.parametrize("name", PARAMS)
-def test_object_parts_run_apart_find_what_one_detector_finds(name: str):
+def test_object_parts_run_apart_find_what_one_detector_finds(name: str, monkeypatch: pytest.MonkeyPatch):
     """Three object parts (one with one_object_actions, which needs a post's objects together)
-    run apart, and inside one detector: the one detector's alerts, byte for byte."""
+    run apart, their batches cut into segments of a few kB, and inside one detector: the one
+    detector's alerts, byte for byte."""
+    monkeypatch.setattr(co_objects, "SEGMENT_BYTES", 4096)
     params = det(**PARAMS[name]).params
     n = 1 if params.one_object_actions else 3
     assert apart(params, stream(), n, len(name)) == straight(name)

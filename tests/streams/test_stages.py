@@ -26,6 +26,7 @@ from streams.stages import (
     DetectStage,
     Framer,
     LinkStage,
+    MergeStage,
     ParseCache,
     Send,
     Stage,
@@ -109,7 +110,9 @@ def drive(stage: Stage, msgs: list[Msg], values: list[bytes], cut: int | None = 
 
 WHOLE = Config()
 SHARDED = Config(work=WorkParams(shards={"burst": 3}))  # work units: near_duplicate, co_action, burst.0-2
-CONFIGS = {"whole": WHOLE, "sharded": SHARDED}
+# near_duplicate, co_action.objects.0-2, co_action (their merge), burst
+OBJECTS = Config(work=WorkParams(shards={"co_action": 3}))
+CONFIGS = {"whole": WHOLE, "sharded": SHARDED, "objects": OBJECTS}
 
 
 def detect_stage(u: int, partitions: int = 1, config: Config = WHOLE) -> DetectStage:
@@ -150,22 +153,62 @@ def link_stage(config: Config = WHOLE) -> LinkStage:
 APP = faust.App("test-stages", autodiscover=False)
 
 
+def merge_stage(u: int, config: Config) -> MergeStage:
+    stage = MergeStage(config, TP(work_topic(config), u), APP)
+    stage._args = (config, stage.tp, APP)  # type: ignore[attr-defined]
+    return stage
+
+
+def merge_log(config: Config, runs: dict[int, list[Send]], u: int, seed: int = 0) -> tuple[list[Msg], list[bytes]]:
+    """Work partition ``u`` (a merge): what the object parts in ``runs`` sent it, the parts
+    interleaved at random (each in its order)."""
+    sent = [[(h, v) for t, _, v, p, h in sends if t == work_topic(config) and p == u] for sends in runs.values()]
+    sent = [x for x in sent if x]
+    rng, heads, msgs, values = random.Random(seed), [0] * len(sent), [], []
+    while any(h < len(x) for h, x in zip(heads, sent)):
+        k = rng.choice([i for i, x in enumerate(sent) if heads[i] < len(x)])
+        headers, value = sent[k][heads[k]]
+        heads[k] += 1
+        msgs.append(Msg(len(msgs), headers))  # type: ignore[arg-type]
+        values.append(value)
+    return msgs, values
+
+
+def merged(config: Config, runs: dict[int, list[Send]], seed: int = 0) -> dict[int, list[Send]]:
+    """``runs`` and, for each merge partition, what its stage sends, fed what the parts sent."""
+    out = dict(runs)
+    for u, unit in enumerate(work_units(config)):
+        if not unit.framed:
+            out[u] = drive(merge_stage(u, config), *merge_log(config, runs, u, seed))[0]
+    return dict(sorted(out.items()))
+
+
 @functools.cache
 def detect_runs(name: str = "whole") -> dict[int, list[Send]]:
     config, (msgs, values) = CONFIGS[name], work_log()
     sent, per_unit = routed(config, msgs, values)
-    return {u: drive(detect_stage(u, config=config), sent, mine)[0] for u, mine in enumerate(per_unit)}
+    units = work_units(config)
+    return merged(config, {u: drive(detect_stage(u, config=config), sent, mine)[0]
+                           for u, mine in enumerate(per_unit) if units[u].framed})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_a_detect_stage_resumed_from_its_state_or_sent_input_again_sends_the_same(name: str) -> None:
     config = CONFIGS[name]
     msgs, per_unit = routed(config, *work_log(resend_every=5))
-    for (u, straight), mine in zip(detect_runs(name).items(), per_unit):
+    runs, units = detect_runs(name), work_units(config)
+    for (u, straight), mine in zip(runs.items(), per_unit):
         assert straight, f"unit {u} sent nothing"
-        resumed, _ = drive(detect_stage(u, config=config), msgs, mine, cut=len(msgs) // 2 + 1)
+        if not units[u].framed:  # a merge: fed the parts' segments, resumed half-way
+            resumed, _ = drive(merge_stage(u, config), *merge_log(config, runs, u, seed=1), cut=len(straight) // 2)
+        else:
+            resumed, _ = drive(detect_stage(u, config=config), msgs, mine, cut=len(msgs) // 2 + 1)
         # the same link messages but for their work offsets, which the re-sent frames move
-        assert [_no_offset(s) for s in resumed] == [_no_offset(s) for s in straight], f"unit {u}"
+        # (a merge's: the alerts alike, sent with other messages as the parts interleave)
+        if not units[u].framed:
+            assert alerts_and_dead_letters(resumed) == alerts_and_dead_letters(straight), f"unit {u}"
+        else:
+            assert [_no_offset(s) for s in resumed] == [_no_offset(s) for s in straight], f"unit {u}"
 
 
 def test_a_keyed_detector_in_shards_finds_what_it_finds_whole_each_shard_on_part_of_the_input() -> None:
@@ -249,7 +292,7 @@ def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
 
 def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]:
     alerts = [line for t, _, v, _, _ in sends if t.endswith(".link") for line in v.split(b"\n")[1:]]
-    return alerts, [x for x in sends if not x[0].endswith(".link")]
+    return alerts, [x for x in sends if x[0] == WHOLE.topics.dead_letter]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -264,18 +307,23 @@ def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_i
     # two ingests; the one reading partition 2 fetches only once the other is through
     late_one = [p for k in range(max(map(len, frames))) for p in range(2) if k < len(frames[p])] + [2] * len(frames[2])
     config = CONFIGS[name]
+    units = work_units(config)
+    got: dict[int, dict[int, list[Send]]] = {k: {} for k in range(3)}  # per order, what each unit sent
     for u, straight in detect_runs(name).items():
-        want, _ = alerts_and_dead_letters(straight)
-        for order, ingests in ((turns, None), (backlog, None), (late_one, [[0, 1], [2]])):
+        if not units[u].framed:
+            continue  # a merge: below, over its parts' output
+        for k, (order, ingests) in enumerate(((turns, None), (backlog, None), (late_one, [[0, 1], [2]]))):
             msgs, per_unit = routed(config, *work_messages(frames, order, ingests))
             values = per_unit[u]
-            sends, _ = drive(detect_stage(u, partitions=3, config=config), msgs, values)
+            got[k][u], _ = drive(detect_stage(u, partitions=3, config=config), msgs, values)
+        # a stage restored a third of the way in (from its state and offsets) sends the same
+        assert drive(detect_stage(u, partitions=3, config=config), msgs, values, cut=len(msgs) // 3)[0] == got[2][u], f"unit {u}"
+    for k, runs in got.items():
+        for u, sends in merged(config, runs, seed=k).items():
             alerts, dead = alerts_and_dead_letters(sends)
             assert dead == [], f"detector {u}: {len(dead)} dead letters, e.g. {dead[0][4]}"
             # once all three are caught up the ticks close to the newest event, as in one partition
-            assert alerts == want, f"detector {u}"
-        # a stage restored a third of the way in (from its state and offsets) sends the same
-        assert drive(detect_stage(u, partitions=3, config=config), msgs, values, cut=len(msgs) // 3)[0] == sends, f"unit {u}"
+            assert alerts == alerts_and_dead_letters(detect_runs(name)[u])[0], f"detector {u}"
 
 
 def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stale_does() -> None:

@@ -348,7 +348,11 @@ def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late
     s.assert_alerts_once(expected)
 
 
-@pytest.mark.parametrize("shards", [None, {"burst": 2}], ids=["whole", "burst-in-2-shards"])
+SPLITS = [None, {"burst": 2}, {"co_action": 2}]
+SPLIT_IDS = ["whole", "burst-in-2-shards", "co_action-in-2-object-parts"]
+
+
+@pytest.mark.parametrize("shards", SPLITS, ids=SPLIT_IDS)
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     broker, tmp_path, procs, stream_file, expected, shards
 ):
@@ -403,12 +407,12 @@ def stages(w: Worker) -> set[str]:
     return {k[len(prefix) : -1] for k in w.metrics() if k.startswith(prefix)}
 
 
-@pytest.mark.parametrize("shards", [None, {"burst": 2}], ids=["whole", "burst-in-2-shards"])
+@pytest.mark.parametrize("shards", SPLITS, ids=SPLIT_IDS)
 def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream_file, expected, shards):
     """Idle workers, then the whole stream at once on four partitions, two per worker's ingest:
     each detect stage waits until both ingests have seen their partitions' backlog. Also with
-    burst split by key into two shards (five work partitions): the alerts of replay, which
-    runs burst whole."""
+    burst split by key into two shards (five work partitions), or co_action into two object
+    parts and their merge (five): the alerts of replay, which runs them whole."""
     s = Setup(broker, tmp_path, procs, shards)
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
     s.cli("produce", str(stream_file), "--spread")
@@ -464,9 +468,10 @@ def test_a_work_topic_made_for_another_detector_set_stops_the_worker_at_start(br
     assert "use a new kafka.app_id" in run.stderr
 
 
-@pytest.mark.parametrize("shards", [None, {"burst": 3}], ids=["whole", "burst-in-3-shards"])
+@pytest.mark.parametrize("shards", [None, {"burst": 3, "co_action": 2}], ids=["whole", "burst-in-3-co_action-in-2"])
 def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broker, tmp_path, procs, shards):
-    """Once per detector, or per shard of burst that its keys go to."""
+    """Once per detector, or per shard of burst that its keys go to (co_action once, whatever
+    its parts)."""
     s = Setup(broker, tmp_path, procs, shards)
     base = 1_700_000_000.0
     on_time = [{"ts": base + i, "account_id": f"a{i % 7}", "action": "post", "text": f"post number {i}"} for i in range(0, 7200, 3)]
