@@ -352,13 +352,25 @@ for _suite in _SUITES:
 @click.option("--repeat", type=click.IntRange(min=1), help="Worker runs per setting, best taken (default 3; 1 with --quick).")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, 64),
               help="With --workers: the stream round robin over this many input partitions.")
-@click.option("--shards", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="The workers run burst split by key into this many work partitions (work.shards).")
+@click.option("--split", "splits", multiple=True, metavar="DETECTOR=N",
+              help="The workers run DETECTOR split into N (work.shards: burst=4 by key, co_action=2 into "
+                   "object parts and their merge); repeatable.")
 def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
-                 shards: int) -> None:  # fmt: skip
+                 splits: tuple[str, ...]) -> None:  # fmt: skip
     """End to end on the embedded broker: produce, raw aiokafka consume, worker(s); events/s beside the raw rate."""
     from streams.benchmarks.report import run_suite
+    from streams.config import WorkParams
 
+    shards: dict[str, int] = {}
+    for item in splits:
+        name, _, n = item.partition("=")
+        if not n.isdigit():
+            raise click.BadParameter(f"{item!r}: expected DETECTOR=N, e.g. co_action=2", param_hint="--split")
+        shards[name] = int(n)
+    try:
+        WorkParams(shards=shards)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--split") from exc
     run_suite("stream", quick=quick, workers=workers, events=events, repeat=repeat, partitions=partitions,
               shards=shards)
 

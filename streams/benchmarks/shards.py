@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from detectors.base import Alert, Detector, KeyedDetector
+from detectors.co_action import CoActionDetector, CoActionParts
+from detectors.co_objects import CoActionPart
 from detectors.events import Event, parse_messages
-from detectors.params import LinkingParams
+from detectors.params import CoActionParams, LinkingParams
 from detectors.pipeline import Detection, detector_classes, tune_gc
 from streams.benchmarks.common import Row
 from streams.benchmarks.replay import generate
@@ -80,4 +82,52 @@ def run(quick: bool = False) -> list[Row]:
                 Row(f"  routing into {n} shards (ingest's CPU)", route_s, "s (lower is better)",
                     f"{name} whole (same run)", whole_s, key=f"{name}_route_{n}_vs_whole", figure="ratio"),
             ]
+    rows += _object_parts(batches, len(events))
+    return rows
+
+
+def _parts_run(params: CoActionParams, n: int, batches: Sequence[tuple[list[Event], np.ndarray]]
+               ) -> tuple[list[float], float, list[bytes]]:  # fmt: skip
+    """co_action in ``n`` object parts, each in a Detection of its own (a work partition), and
+    their merge fed the parts' segments batch by batch: each part's CPU seconds, the merge's,
+    and the alerts (sorted)."""
+    tick = LinkingParams().tick_s
+    parts = [Detection([CoActionPart(params, (s, n))], tick, params.allowed_lateness_s) for s in range(n)]
+    merge = CoActionParts(params, n)
+    part_s, merge_s, found = [0.0] * n, 0.0, []
+    for k in [*range(len(batches)), None]:
+        for s, d in enumerate(parts):
+            t0 = time.process_time()
+            if k is None:
+                d.advance(math.inf)
+            else:
+                d.add(batches[k][0], "s", batches[k][1])
+                d.advance(d.newest)
+            part_s[s] += time.process_time() - t0
+        t0 = time.process_time()
+        for s, d in enumerate(parts):
+            part = d.detectors[0]
+            assert isinstance(part, CoActionPart)
+            for seg in part.outbox:
+                found += merge.offer(s, seg)
+            part.outbox.clear()
+        merge_s += time.process_time() - t0
+    return part_s, merge_s, sorted(a.to_json() for a in found)
+
+
+def _object_parts(batches: Sequence[tuple[list[Event], np.ndarray]], n_events: int) -> list[Row]:
+    """co_action whole beside its object parts and their merge (each part reads every event)."""
+    params = CoActionParams()
+    whole_s, want = min(_run(CoActionDetector(params), batches, None) for _ in range(REPEAT))
+    rows = [Row(f"co_action whole, {n_events} events (CPU)", whole_s, "s (lower is better)")]
+    for n in SHARDS:
+        part_s, merge_s, found = min(_parts_run(params, n, batches) for _ in range(REPEAT))
+        if found != want:
+            raise AssertionError(f"co_action in {n} object parts found {len(found)} alerts, whole {len(want)}")
+        rows += [
+            Row(f"  busiest of {n} object parts (a work partition's CPU)", max(part_s), "s (lower is better)",
+                "co_action whole (same run)", whole_s, key=f"co_action_part_of_{n}_vs_whole", figure="ratio"),
+            Row("  their merge (a work partition's CPU)", merge_s, "s (lower is better)",
+                "co_action whole (same run)", whole_s, key=f"co_action_merge_of_{n}_vs_whole", figure="ratio"),
+        ]
     return rows

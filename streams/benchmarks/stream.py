@@ -355,7 +355,7 @@ class Cpu:
 class Bench:
     """The broker, the input topics and everything started for one ``bench stream`` run."""
 
-    def __init__(self, tmp: Path, shards: int = 1) -> None:
+    def __init__(self, tmp: Path, shards: dict[str, int] | None = None) -> None:
         from streams.broker import EmbeddedBroker
         from streams.config import Config, WorkParams
         from streams.stages import work_units
@@ -365,9 +365,11 @@ class Bench:
         self.broker = EmbeddedBroker(0, log_file=tmp / "tansu.log")
         self.workers: list[Worker] = []
         self.resume_lag_s = 0.0  # resume -> first new input, of the last run_many
-        # the workers run the default config, burst in ``shards`` shards
-        self.sets = [f"work.shards={{burst={shards}}}"] if shards > 1 else []
-        self.units = len(work_units(Config(work=WorkParams(shards={"burst": shards}))))
+        # the workers run the default config, split as ``shards`` says (work.shards)
+        shards = shards or {}
+        self.sets = ["work.shards={" + ", ".join(f"{k} = {n}" for k, n in shards.items()) + "}"] if shards else []
+        # the stages a marker reaches (a merge starts at its parts' first output)
+        self.units = sum(u.framed for u in work_units(Config(work=WorkParams(shards=shards))))
 
     @property
     def servers(self) -> str:
@@ -554,7 +556,7 @@ class Bench:
 
 
 async def _run(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
-               shards: int, out: Any) -> list[Row]:  # fmt: skip
+               shards: dict[str, int], out: Any) -> list[Row]:  # fmt: skip
     n_events = events or (QUICK_EVENTS if quick else FULL_EVENTS)
     runs = repeat or (1 if quick else 3)
     raw_runs = 3 if quick else 5
@@ -651,9 +653,9 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
 
 
 def run(quick: bool = False, workers: int = 1, events: int | None = None, repeat: int | None = None,
-        partitions: int = 1, shards: int = 1, out: Any = None) -> list[Row]:
+        partitions: int = 1, shards: dict[str, int] | None = None, out: Any = None) -> list[Row]:
     """The suite's rows; progress lines go to ``out`` (default stderr)."""
-    return asyncio.run(_run(quick, workers, events, repeat, partitions, shards, out or sys.stderr))
+    return asyncio.run(_run(quick, workers, events, repeat, partitions, shards or {}, out or sys.stderr))
 
 
 async def _many(b: Bench, workers: int, n_events: int, runs: int, timeout_s: float, raw_eps: float,
