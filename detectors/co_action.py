@@ -86,38 +86,32 @@ and one when expired (:class:`~detectors.co_weights.Counting`); everything else 
 batch, or happens at evaluations where something changed. Memory follows the last ``memory_s``
 of pairs and actions, not the stream's length.
 
-**Splitting by object (not built; what a split must keep).** A whole co_action is one work
-unit, so it bounds what a group of workers detects (README, "How the work is split"). In a
-replay of the generator mix (py-spy) this detector takes 26 % of the samples: 15 % in
-:meth:`CoActionDetector._actions` (reading objects, hashing, interning, ``ObjectLoad``,
-pairing: per object), 11 % in weights and evaluations; the parse takes 19 %. The per-object
-part can go to shards keyed by the object hash, with alerts unchanged, if the split keeps:
+**Split by object** (``parts = n``; :mod:`detectors.co_objects`). Reading a batch's objects,
+hashing, ``max_object_actions`` and pairing depend only on one object at a time, so they run
+in object parts (:class:`~detectors.co_objects.ObjectActions`, by the object's seeded hash);
+the rest (interning, the store, activity rows, weights, evaluations, alerts) needs every action
+and stays here, fed the parts' actions merged in the whole's order (event, ``object_fields``
+order, place in the field). What keeps one part's alerts equal to n parts', byte for byte
+(tested, and on 11 replays of the generator mix and the peers' datasets with 3 and 7 parts):
 
-* *order*: the whole numbers actions by (event, ``object_fields`` order, place in the field),
-  one per (event, object); the object decides the shard, so a shard can do the numbering for
-  its own actions. The pairer compares positions only within an object, so a shard may count
-  its own positions; the network stage maps them to global ones when it merges the shards'
-  actions in that order, and sorts the pairs by (new, partner) global position;
-* *the network needs every action*, not only pairs: activity rows for the chance test, the
-  store for evidence, interning in action order. So shards send action columns (hashes,
-  times, event ids, object strings, account names) beside their pairs, plus the times of all
-  events for the evaluation crossings; the network stage then parses no JSON;
-* *object hashes*: an object's hash mixes in its kind's number, given in order of first
-  appearance (``_kind``); a shard sees another order, and whoever routes events to shards
-  must hash as they do, so kinds need numbers fixed by their names first;
-* *ids*: a sweep keeps the ids of the participants in the pairer's tail
-  (``self._pairer.part``), which a network stage cannot see. Keeping every participant of
-  an action at or after the tail's oldest position (one number a shard can report; the store
-  keeps those actions already) is a superset, and with the chance test on, the activity
-  rows (``memory_s``, far longer than ``keep_s``) keep those ids anyway; the whole must follow
-  the same rule so that one shard equals the whole;
-* ``one_object_actions`` (preset ``cnt``) keeps an action only if its post had no action in
-  the last ``keep_s``, over all objects: a post's objects fall in different shards, so that
-  mode needs the post registry in one place (refuse it for shards, or route by post).
+* a part numbers its own actions; the pairer compares positions only within an object, and
+  the detector maps a part's positions to its own (:class:`_RefMap`);
+* object hashes mix in a hash of the kind's name, not a number of first appearance;
+* a sweep keeps the ids of every action's participants from the parts' oldest tail position
+  on (a superset of the pairers' tails, which only the parts see; the whole follows it too);
+* ``one_object_actions`` needs a post's objects in one place: that mode runs as one part.
 
-In streams, the network stage is a second hop: it joins the shards' outputs of each ingest
-frame (by the frame's sequence number), drops frames re-sent after a restart, and snapshots
-apart from the shards, each resuming from its own input offset.
+Run apart (a stream worker's work partitions, ``work.shards = {co_action = n}``), each part is a
+:class:`~detectors.co_objects.CoActionPart` that reads every event and hands on *segments* (a
+batch's actions and event times, or an advance), and :class:`CoActionParts` merges them: every
+part sees the same canonical event sequence, so a segment's events are named by their place in
+it, however each part's batches were cut; the merge runs the detector over the stretch every
+part has sent and advances it once a part vouches for the event time. Measured in-process
+(``coordwatch bench shards``, generator mix, 0.69 M events parsed once, segments through
+bytes): the busiest of 2 parts costs 0.42x the whole's CPU, of 4 0.36x (each part reads every
+event's objects), and their merge 0.66-0.68x: most of co_action is the network (evaluations
+and weights, a dict operation per pair), which a split by object cannot cut. A whole in a
+worker also parses every event; the merge parses nothing.
 """
 
 from __future__ import annotations

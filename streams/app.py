@@ -22,13 +22,17 @@ Three stages, each on its own topic, so that N workers in one group compute exac
   (near_duplicate, co_action, burst) as one :class:`~detectors.pipeline.Detection` over
   every event, in event time, which gets the whole frame and parses it again unless its
   worker's ingest just did; or a shard of a keyed detector (``work.shards``: burst, by key),
-  which gets only the events of its keys, already parsed, with the times of all. A
-  co_action group or a near_duplicate cluster can join any two objects or texts, so those
-  two are not cut by key: that would change what they find. The stage skips input already
-  in its state, and each time it closes ticks sends their alerts, unlinked, to the *link
-  topic* ``<app_id>.link`` (one partition), stamped with its work offset. Late events are
-  dead-lettered by each unit that never processed them (header ``detector``: ``burst``, or
-  ``burst.1`` for a shard).
+  which gets only the events of its keys, already parsed, with the times of all; or an
+  object part of co_action (``work.shards = {co_action = n}``: every frame, its objects),
+  which sends its segments (a batch's actions, or an advance) to the partition merging the
+  parts (:class:`~streams.stages.MergeStage`, :class:`~detectors.co_action.CoActionParts`:
+  a co_action group can join any objects, so the network is one unit). A near_duplicate
+  cluster can join any two texts: it is not cut. The stage skips input already in its
+  state, and each time it closes ticks sends their alerts, unlinked, to the *link topic*
+  ``<app_id>.link`` (one partition), stamped with its work offset (a merge: each time its
+  parts' segments let it find alerts or move on). Late events are dead-lettered by each
+  unit that never processed them (header ``detector``: ``burst``, ``burst.1`` for a shard,
+  ``co_action`` once for all its parts).
 * **link** (a Faust agent) reads the link topic: one :class:`~detectors.pipeline.AlertOrder` links the
   alerts of all detectors once each has closed the tick and publishes them to the alerts
   topic (key ``group_id``, value ``Alert.to_json()``). A re-sent stage message (an offset

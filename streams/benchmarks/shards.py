@@ -20,7 +20,7 @@ import numpy as np
 
 from detectors.base import Alert, Detector, KeyedDetector
 from detectors.co_action import CoActionDetector, CoActionParts
-from detectors.co_objects import CoActionPart
+from detectors.co_objects import CoActionPart, Segment
 from detectors.events import Event, parse_messages
 from detectors.params import CoActionParams, LinkingParams
 from detectors.pipeline import Detection, detector_classes, tune_gc
@@ -89,12 +89,12 @@ def run(quick: bool = False) -> list[Row]:
 def _parts_run(params: CoActionParams, n: int, batches: Sequence[tuple[list[Event], np.ndarray]]
                ) -> tuple[list[float], float, list[bytes]]:  # fmt: skip
     """co_action in ``n`` object parts, each in a Detection of its own (a work partition), and
-    their merge fed the parts' segments batch by batch: each part's CPU seconds, the merge's,
-    and the alerts (sorted)."""
+    their merge fed the parts' segments batch by batch, through bytes as a worker sends them:
+    each part's CPU seconds, the merge's, and the alerts (sorted)."""
     tick = LinkingParams().tick_s
     parts = [Detection([CoActionPart(params, (s, n))], tick, params.allowed_lateness_s) for s in range(n)]
     merge = CoActionParts(params, n)
-    part_s, merge_s, found = [0.0] * n, 0.0, []
+    part_s, merge_s, found, sent = [0.0] * n, 0.0, [], [[] for _ in range(n)]
     for k in [*range(len(batches)), None]:
         for s, d in enumerate(parts):
             t0 = time.process_time()
@@ -103,14 +103,15 @@ def _parts_run(params: CoActionParams, n: int, batches: Sequence[tuple[list[Even
             else:
                 d.add(batches[k][0], "s", batches[k][1])
                 d.advance(d.newest)
-            part_s[s] += time.process_time() - t0
-        t0 = time.process_time()
-        for s, d in enumerate(parts):
             part = d.detectors[0]
             assert isinstance(part, CoActionPart)
-            for seg in part.outbox:
-                found += merge.offer(s, seg)
+            sent[s] = [seg.to_bytes() for seg in part.outbox]
             part.outbox.clear()
+            part_s[s] += time.process_time() - t0
+        t0 = time.process_time()
+        for s, segs in enumerate(sent):
+            for seg in segs:
+                found += merge.offer(s, Segment.from_bytes(seg))
         merge_s += time.process_time() - t0
     return part_s, merge_s, sorted(a.to_json() for a in found)
 
