@@ -1143,6 +1143,11 @@ class CoActionParts:
             alerts += self.detector.process_parts(first.times[lo - first.start : end - first.start], found)
             self.done = end
 
+    @property
+    def waiting(self) -> int:
+        """Events the faster parts have sent that wait for the slowest (0 when every part is level)."""
+        return max((q[-1].end for q in self.queues if q), default=self.done) - self.done
+
     def state(self) -> bytes:
         head = {"kind": "co_action.parts", "version": 1, "expect": self.expect, "done": self.done,
                 "horizon": _fin(self.horizon), "queued": [len(q) for q in self.queues]}  # fmt: skip

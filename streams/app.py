@@ -81,7 +81,7 @@ from detectors.pipeline import tune_gc
 from streams.broker import faust_settings
 from streams.config import Config
 from streams.ingest import InputReader, Records
-from streams.metrics import ALERTS, HELD, LAG, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
+from streams.metrics import ALERTS, HELD, LAG, MERGE_WAITING, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
 from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_CODEC,
@@ -283,7 +283,7 @@ class Runner:
                 if stage is not None:
                     log.info("%s: partition %s revoked, state dropped", stage.name, tp)
                     await stage.store.stop()
-                    for gauge in (STATE_BYTES, SNAPSHOT_SECONDS, HELD):
+                    for gauge in (STATE_BYTES, SNAPSHOT_SECONDS, HELD, MERGE_WAITING):
                         with contextlib.suppress(KeyError):
                             gauge.remove(stage.name)
 

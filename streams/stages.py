@@ -42,7 +42,7 @@ from detectors.pipeline import (
 from sketches.errors import CoordwatchError
 from sketches.protocol import pack, unpack
 from streams.config import Config
-from streams.metrics import EVENTS, HELD, REJECTED, SUPPRESSED, WATERMARK
+from streams.metrics import EVENTS, HELD, MERGE_WAITING, REJECTED, SUPPRESSED, WATERMARK
 from streams.snapshots import Snapshot, SnapshotStore, snapshot_topic
 
 log = logging.getLogger(__name__)
@@ -574,6 +574,7 @@ class MergeStage(Stage):
         before = self.parts.horizon
         found = self.parts.offer(int(part), Segment.from_bytes(value))
         self.dirty = True
+        MERGE_WAITING.labels(self.name).set(self.parts.waiting)
         if found or self.parts.horizon > before:
             h, step = self.parts.horizon, self.config.linking.tick_s
             closed = h if math.isinf(h) else round(h / step) - 1  # the horizon is where the next tick starts

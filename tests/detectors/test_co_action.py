@@ -243,6 +243,7 @@ def apart(params: CoActionParams, evs: list[Event], n: int, seed: int) -> tuple[
             state, join = join.state(), CoActionParts(params, n)
             join.load(state)
         found += [a.to_json() for a in join.offer(s, Segment.from_bytes(seg.to_bytes()))]
+    assert join.waiting == 0 and join.done == len(evs)
     return tuple(found)
 
 
@@ -256,6 +257,18 @@ def test_object_parts_run_apart_find_what_one_detector_finds(name: str, monkeypa
     n = 1 if params.one_object_actions else 3
     assert apart(params, stream(), n, len(name)) == straight(name)
     assert tuple(a.to_json() for a in run(CoActionDetector(params, parts=n), stream(), 997)) == straight(name)
+
+
+def test_a_merge_waits_for_its_slowest_part_and_says_how_far_the_others_are():
+    params = det().params
+    evs = stream()[:2000]
+    parts = [CoActionPart(params, (s, 2)) for s in range(2)]
+    for p in parts:
+        p.process(evs)
+    join = CoActionParts(params, 2)
+    assert join.offer(0, parts[0].outbox[0]) == [] and join.waiting == len(evs) and join.done == 0
+    join.offer(1, parts[1].outbox[0])
+    assert join.waiting == 0 and join.done == len(evs)
 
 
 def test_object_parts_run_apart_find_what_the_final_advance_finds():
