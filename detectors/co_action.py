@@ -240,6 +240,14 @@ def _locate(bases: list[int], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return chunk, refs - b[chunk]
 
 
+def _dead(bases: list[int], lowest: int) -> int:
+    """How many leading chunks (starting at positions ``bases``) hold only positions below ``lowest``."""
+    k = 0
+    while k + 1 < len(bases) and bases[k + 1] <= lowest:
+        k += 1
+    return k
+
+
 def _gather(bases: list[int], chunks: list[np.ndarray], refs: np.ndarray, dtype: type) -> np.ndarray:
     """``chunks``' values at positions ``refs``."""
     out = np.empty(refs.size, dtype=dtype)
@@ -289,9 +297,7 @@ class _Store:
 
     def trim(self, lowest: int) -> None:
         """Drop chunks holding only positions below ``lowest``."""
-        k = 0
-        while k + 1 < len(self.bases) and self.bases[k + 1] <= lowest:
-            k += 1
+        k = _dead(self.bases, lowest)
         for col in (self.bases, self.ts, self.eids, self.objs, self.posts, self.pids):
             del col[:k]
 
@@ -334,20 +340,17 @@ class _RefMap:
 
     def trim(self, lowest: int) -> None:
         """Drop chunks holding only local positions below ``lowest``."""
-        k = 0
-        while k < len(self.bases) and self.bases[k] + self.refs[k].size <= lowest:
-            k += 1
+        k = _dead(self.bases, lowest)
         del self.bases[:k], self.refs[:k]
 
     def state(self) -> tuple[list[int], np.ndarray]:
         return self.bases, _cat(self.refs, np.int64)
 
     def load(self, bases: list[int], refs: np.ndarray) -> None:
+        """Inverse of :meth:`state`: a part's positions are contiguous, so each chunk ends where the next begins."""
         self.bases = list(bases)
-        ends = [*(b - bases[0] for b in bases[1:]), None] if bases else []
-        starts = [b - bases[0] for b in bases] if bases else []
-        # chunks are contiguous in local positions: each ends where the next begins
-        self.refs = [refs[a:e].astype(np.int64) for a, e in zip(starts, ends)]
+        cuts = [b - bases[0] for b in bases[1:]]
+        self.refs = [x.astype(np.int64) for x in np.split(refs, cuts)] if bases else []
 
 
 _PAIR_COLS = ("seen", "rn", "ro", "pn", "po", "an", "ao", "dt", "sn", "so", "ob", "ek")
@@ -1068,8 +1071,9 @@ class CoActionDetector(Detector[CoActionParams]):
         paid, rows, acts, rows_q, *rest = arrays[3 + n_cols :]
         cand, maps, tails = rest[:4], rest[4 : 4 + n_parts], rest[4 + n_parts :]
         self._objects = [ObjectActions(self.params, (s, n_parts)) for s in range(len(state["objects"]))]
-        for k, o in enumerate(self._objects):
-            o.load(state["objects"][k], tails[4 * k : 4 * k + 4])
+        for o, head in zip(self._objects, state["objects"]):
+            o.load(head, tails[: head["arrays"]])
+            tails = tails[head["arrays"] :]
         self._maps = [_RefMap() for _ in range(n_parts)]
         for m, bases, refs in zip(self._maps, state["maps"], maps):
             m.load(bases, refs)

@@ -252,8 +252,10 @@ class ObjectActions:
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        head = {"next_ref": self.next_ref, "posts": list(self._posts.items()), "load": self._load.state()}
-        return head, self._pairer.arrays()
+        arrays = self._pairer.arrays()
+        head = {"next_ref": self.next_ref, "posts": list(self._posts.items()), "load": self._load.state(),
+                "arrays": len(arrays)}  # fmt: skip
+        return head, arrays
 
     def load(self, head: dict[str, Any], arrays: list[np.ndarray]) -> None:
         self.next_ref = head["next_ref"]
