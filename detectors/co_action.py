@@ -129,13 +129,13 @@ import numpy as np
 
 from detectors.alert_graph import AlertGraph
 from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
-from detectors.co_objects import Actions, ObjectActions, Segment
+from detectors.co_objects import Actions, ObjectActions
 from detectors.co_weights import Counting, Links, Weights, fast_weights
 from detectors.events import Event
 from detectors.params import CoActionParams
+from detectors.parts import PartsMerge
 from sketches.errors import CoordwatchError
 from sketches.hashing import hash_u64
-from sketches.protocol import pack, unpack
 
 LOUVAIN_SEED = 7
 DELTAS = 15  # recent co-action time deltas per pair in the evidence (median, min)
@@ -559,19 +559,6 @@ class CoActionDetector(Detector[CoActionParams]):
         if not self._objects:
             raise CoordwatchError("this co_action merges object parts run elsewhere: feed it process_parts")
         return self._take([o.actions(events, self.marks, self.times) for o in self._objects])
-
-    def process_parts(self, times: np.ndarray, found: Sequence[Actions]) -> list[Alert]:
-        """A batch of events (their times, in sequence order) whose actions object parts run
-        elsewhere found (one :class:`~detectors.co_objects.Actions` per part, in part order, ``ev``
-        counted from the batch's first event): what :meth:`process` does with the events."""
-        if not times.size:
-            return []
-        self.marks = np.maximum.accumulate(np.maximum(times, self.watermark))
-        self.times = times
-        self.stats["events"] += times.size
-        alerts = self._take(found)
-        self.watermark = float(self.marks[-1])
-        return alerts
 
     def _take(self, found: Sequence[Actions]) -> list[Alert]:
         """The batch's actions (those of each object part): pairs and rows counted, evaluations run."""
@@ -1102,68 +1089,19 @@ class CoActionDetector(Detector[CoActionParams]):
         self._member = dict(state["member"])
 
 
-class CoActionParts:
+class CoActionParts(PartsMerge[Actions]):
     """co_action whose ``parts`` object parts run elsewhere, each a
-    :class:`~detectors.co_objects.CoActionPart` (a worker's work partition), merged here.
+    :class:`~detectors.co_objects.CoActionPart` (a worker's work partition), merged here
+    (:class:`~detectors.parts.PartsMerge`)."""
 
-    Every part sees the same events in the same order (the detection's canonical sequence), so
-    a segment's events are named by their place in it, however each part's batches were cut.
-    :meth:`offer` takes the parts' segments in any interleaving (each part's in order; one
-    taken before is dropped: a part resumed from an older snapshot sends it again), runs the
-    detector over the stretch of events every part has sent (cut where the shortest part's
-    batch ends), and advances it to a part's horizon once the events before that are in. So
-    it finds the whole's alerts (tested against one detector)."""
+    KIND = "co_action.parts"
+    PAYLOAD = Actions
 
     def __init__(self, params: CoActionParams, parts: int) -> None:
-        self.detector = CoActionDetector(params, parts=parts, local=False)
-        self.queues: list[list[Segment]] = [[] for _ in range(parts)]
-        self.expect = [0] * parts  # the next segment of each part
-        self.done = 0  # events taken
-        self.horizon = -math.inf  # advanced to
+        super().__init__(CoActionDetector(params, parts=parts, local=False), parts)
 
-    def offer(self, part: int, seg: Segment) -> list[Alert]:
-        """Part ``part``'s next segment: the alerts it lets the detector find."""
-        if seg.seq < self.expect[part]:
-            return []
-        if seg.seq > self.expect[part]:
-            raise CoordwatchError(f"co_action object part {part}: segment {seg.seq} came before {self.expect[part]}")
-        self.expect[part] += 1
-        self.queues[part].append(seg)
-        alerts: list[Alert] = []
-        while True:
-            horizon = self.horizon
-            for q in self.queues:  # segments whose events are taken: their horizons hold
-                while q and q[0].end <= self.done:
-                    horizon = max(horizon, q.pop(0).horizon)
-            if horizon > self.horizon:
-                self.horizon = horizon
-                alerts += self.detector.advance(horizon)
-            if not all(self.queues):
-                return alerts
-            end = min(q[0].end for q in self.queues)
-            lo = self.done
-            first = self.queues[0][0]
-            found = [q[0].actions.cut(lo - q[0].start, end - q[0].start) for q in self.queues]
-            alerts += self.detector.process_parts(first.times[lo - first.start : end - first.start], found)
-            self.done = end
-
-    @property
-    def waiting(self) -> int:
-        """Events the faster parts have sent that wait for the slowest (0 when every part is level)."""
-        return max((q[-1].end for q in self.queues if q), default=self.done) - self.done
-
-    def state(self) -> bytes:
-        head = {"kind": "co_action.parts", "version": 1, "expect": self.expect, "done": self.done,
-                "horizon": _fin(self.horizon), "queued": [len(q) for q in self.queues]}  # fmt: skip
-        segs = [np.frombuffer(x.to_bytes(), dtype=np.uint8) for q in self.queues for x in q]
-        return pack(head, [np.frombuffer(self.detector.snapshot(), dtype=np.uint8), *segs])
-
-    def load(self, data: bytes) -> None:
-        head, (det, *segs) = unpack(data, kind="co_action.parts", version=1)
-        self.detector = CoActionDetector.restore(self.detector.params, det.tobytes())
-        self.expect, self.done, self.horizon = head["expect"], head["done"], _unfin(head["horizon"])
-        it = iter(segs)
-        self.queues = [[Segment.from_bytes(next(it).tobytes()) for _ in range(n)] for n in head["queued"]]
+    def _restore(self, data: bytes) -> CoActionDetector:
+        return CoActionDetector.restore(self.detector.params, data)
 
 
 @dataclass

@@ -24,14 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Detector, Shard
+from detectors.base import WHOLE, Alert, Shard
 from detectors.co_weights import fast_weights
 from detectors.events import Event
 from detectors.pairing import Pairer
+from detectors.parts import PartDetector
 from detectors.params import CoActionParams
 from sketches.hashing import hash_string, hash_strings, hash_u64
 from sketches.protocol import pack, unpack
@@ -41,6 +42,7 @@ _SEED_KIND = 0x4B1D
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _OBJECT_ID = "object_id"  # the object_fields entry whose kind is the event's object_type
 _FIELD = 32  # rank = field number << _FIELD | place in the field
+_ACTION_BYTES = 9 * 8 + 64  # an action in a segment, about: its numbers, name and event id
 
 
 def kind_code(name: str) -> int:
@@ -79,6 +81,8 @@ class Actions:
     pair_ts: np.ndarray
     oldest: int | None  # None in a cut that is not the batch's end: unknown there
     viral: int
+
+    SEGMENT_KIND: ClassVar[str] = "co_action.segment"
 
     def __len__(self) -> int:
         return int(self.ev.size)
@@ -357,82 +361,33 @@ def _from_items(items: list[list[int]]) -> _Counts:
     return np.array(keys, dtype=np.uint64), np.array(n, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """What an object part run as a detector (:class:`CoActionPart`) hands on per call: a batch
-    (``start``: events before it in the stream; the events' ``times``; its ``actions``), or an
-    advance (no events; ``horizon``: the event time reached). ``seq`` numbers a part's segments."""
-
-    seq: int
-    start: int
-    times: np.ndarray
-    actions: Actions
-    horizon: float = -math.inf
-
-    @property
-    def end(self) -> int:
-        return self.start + int(self.times.size)
-
-    def to_bytes(self) -> bytes:
-        head = {"kind": "co_action.segment", "version": 1, "seq": self.seq, "start": self.start,
-                "horizon": None if self.horizon == -math.inf else "inf" if self.horizon == math.inf else self.horizon}
-        return pack(head, [self.times, np.frombuffer(self.actions.to_bytes(), dtype=np.uint8)])  # fmt: skip
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Segment:
-        head, (times, actions) = unpack(data, kind="co_action.segment", version=1)
-        h = head["horizon"]
-        horizon = -math.inf if h is None else math.inf if h == "inf" else float(h)
-        return cls(head["seq"], head["start"], times.astype(np.float64), Actions.from_bytes(actions.tobytes()), horizon)
-
-
-#: a segment's size, about (the event times, an action's numbers, names and object): a worker
-#: sends each as a message, which must stay below the work topic's message limit
-SEGMENT_BYTES = 1 << 20
-_ACTION_BYTES = 9 * 8 + 64
-
-
-class CoActionPart(Detector[CoActionParams]):
-    """Object part ``shard = (s, n)`` of a split co_action as a detector of its own (a worker's
-    work partition): it alerts nothing, and hands every batch's actions and every advance to
-    :attr:`outbox` (:class:`Segment`) for the co_action that merges the parts
+class CoActionPart(PartDetector[CoActionParams, Actions]):
+    """Object part ``shard = (s, n)`` of a split co_action (:mod:`detectors.parts`): every
+    batch's actions on its objects, for the co_action that merges the parts
     (:class:`~detectors.co_action.CoActionParts`)."""
 
     NAME = "co_action.objects"
     STATE_VERSION = 1
-    SPLITS = True
+    LABEL = "objects"
 
     def __init__(self, params: CoActionParams, shard: Shard = WHOLE) -> None:
         super().__init__(params, shard)
         self.objects = ObjectActions(params, shard)
-        self.count = 0  # events handed on
-        self.seq = 0  # segments handed on
-        self.outbox: list[Segment] = []  # for the caller to send and clear
 
     def _process(self, events: Sequence[Event]) -> list[Alert]:
         acts = self.objects.actions(events, self.marks, self.times)
-        # a batch may hold hours of a backlog: cut into segments of about SEGMENT_BYTES
         cost = np.bincount(acts.ev, weights=_ACTION_BYTES + np.fromiter(map(len, acts.objs), np.float64, len(acts)),
                            minlength=len(events)) + 8  # fmt: skip
-        piece = np.floor((np.cumsum(cost) - cost) / SEGMENT_BYTES)
-        cuts = [0, *(np.flatnonzero(np.diff(piece)) + 1).tolist(), len(events)]
-        for lo, hi in zip(cuts, cuts[1:]):
-            self._out(self.count + lo, self.times[lo:hi], acts.cut(lo, hi), -math.inf)
-        self.count += len(events)
+        self._emit(acts, cost)
         return []
 
-    def _advance(self, watermark: float) -> list[Alert]:
-        self._out(self.count, np.empty(0), Actions.empty(self.objects.next_ref, None), watermark)
-        return []
-
-    def _out(self, start: int, times: np.ndarray, acts: Actions, horizon: float) -> None:
-        self.outbox.append(Segment(self.seq, start, times, acts, horizon))
-        self.seq += 1
+    def _empty(self) -> Actions:
+        return Actions.empty(self.objects.next_ref, None)
 
     def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
         head, arrays = self.objects.state()
-        return {"objects": head, "count": self.count, "seq": self.seq}, arrays
+        return {"objects": head, **self._counters()}, arrays
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
         self.objects.load(state["objects"], arrays)
-        self.count, self.seq = state["count"], state["seq"]
+        self._load_counters(state)

@@ -19,6 +19,13 @@ datasketch's values); a pair is a near-duplicate when its estimated Jaccard is
 5. the Jaccard estimates of all candidate pairs at once; Python runs only for the
    documents with a near-duplicate.
 
+Steps 1-5 are :class:`~detectors.nd_bands.BandMatcher`'s, which depend on the documents alone;
+they split by LSH band (``work.shards = {near_duplicate = n}``: band parts, each a
+:class:`~detectors.nd_bands.NearDuplicatePart`, merged by :class:`NearDuplicateParts`), and
+what follows here (clusters, repeat posters, links, alerts) is fed their
+:class:`~detectors.nd_bands.Bands` alike whether one matcher of every band runs in-process or
+the parts run elsewhere. This part keeps only the events of documents in a pair.
+
 Measured on the generator mix (691 k events, 258 k texts; ``/tmp/prof/prof.py``: this
 detector alone, pre-parsed events, replay-sized batches; wall seconds, best of 3 beside the
 code before in the same run, one other job on the 2-core machine): 3.36 s before -> 1.07 s
@@ -143,25 +150,21 @@ from bisect import bisect_left, insort
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import itemgetter
 from typing import Any, ClassVar
 
 import numpy as np
 
 from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
 from detectors.events import Event
+from detectors.nd_bands import Bands, BandMatcher
 from detectors.params import NearDuplicateParams
+from detectors.parts import PartsMerge
+from sketches.errors import CoordwatchError
 from sketches.hashing import hash_string
-from sketches.lsh import BandIndex, band_keys, choose_bands
-from sketches.minhash import minhasher
-from sketches.ring import grow_ring
-from sketches.shingling import normalize, shingle_batch
+from sketches.shingling import normalize
 
 _TEXT_CHARS = 200  # sample texts are cut to this many characters (as burst's sample posts)
 _TRIM = 4096  # the document store drops expired entries in blocks of at least this many
-_INITIAL_CAPACITY = 1024  # signature ring (documents), doubled when a batch does not fit
-_ACTION, _TEXT, _TS = (itemgetter(Event._fields.index(f)) for f in ("action", "text", "ts"))  # faster than attributes
 
 Sample = tuple[int, str, float, str, str]  # (seq, account, ts, event_id, text)
 
@@ -225,85 +228,64 @@ def _drop(counts: Counter[str], key: str) -> int:
     return n
 
 
-def lsh_shape(p: NearDuplicateParams) -> tuple[int, int]:
-    """(bands, rows): as set, or chosen from threshold with bands capped at max_lsh_bands."""
-    if p.lsh_bands is not None and p.lsh_rows is not None:
-        return p.lsh_bands, p.lsh_rows
-    bands, rows = choose_bands(p.threshold, p.num_perm)
-    return min(bands, p.max_lsh_bands), rows
-
-
 class NearDuplicateDetector(Detector[NearDuplicateParams]):
     NAME: ClassVar[str] = "near_duplicate"
-    STATE_VERSION: ClassVar[int] = 2
+    STATE_VERSION: ClassVar[int] = 3
 
     def __init__(self, params: NearDuplicateParams, shard: Shard = WHOLE) -> None:
         super().__init__(params, shard)
         p = params
-        self._actions = frozenset(p.text_actions)
         self._dump = p.model_dump(mode="json")
-        self._bands, self._rows = lsh_shape(p)
-        self._band_perms = self._bands * self._rows  # signature columns the LSH bands use
-        self._hasher = minhasher(p.num_perm, p.seed)
-        self._index = BandIndex(p.window_s, self._bands)
-        # Live documents, indexed by seq - base; seqs [head, next) are live, as in the index.
-        self._ts: list[float] = []
-        self._ev: list[Event] = []
+        self._matcher: BandMatcher | None = BandMatcher(p)  # None in the merge of band parts
+        # Documents by seq - base; seqs [head, next) are live, as in the band index. Only the
+        # documents of near-duplicate pairs have their event here.
+        self._ev: list[Event | None] = []
         self._clu: list[_Cluster | None] = []
         self._base = self._head = self._next = 0
         self._newest = -math.inf  # the index's clock: newest ts inserted
         self._clustered: list[int] = []  # heap of the seqs of clustered live documents (expiry)
-        # Signatures by seq % capacity: the band columns of every document, the other
-        # columns only once it is in a candidate pair (_has); shingles to compute them.
-        self._sig = np.empty((_INITIAL_CAPACITY, p.num_perm), dtype=np.uint32)
-        self._has = np.zeros(_INITIAL_CAPACITY, dtype=bool)
-        # Per batch: (first seq, hashes, offsets (n + 1) or (2, n) start and end per document).
-        self._shingles: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
         self._seen: dict[str, tuple[float, float]] = {}  # account -> first, last ts of its clustered posts
         self._seen_queue: deque[tuple[float, str]] = deque()  # (last, account), for forgetting
         # Alerted clusters that changed: (due, origin seq, push count, cluster); stale entries are skipped.
         self._pending: list[tuple[float, int, int, _Cluster]] = []
         self._pushes = 0
 
-    # -- processing ------------------------------------------------------------------
-    def _select(self, events: Sequence[Event]) -> tuple[list[Event], np.ndarray, list[str]]:
-        """The events with a text of a text action, their positions in the batch, their texts."""
-        ok = np.fromiter(map(self._actions.__contains__, map(_ACTION, events)), dtype=bool, count=len(events))
-        docs = list(compress(events, ok.tolist()))
-        where = np.flatnonzero(ok)
-        texts = list(map(_TEXT, docs))
-        if None in texts:
-            has = [t is not None for t in texts]
-            docs, texts, where = list(compress(docs, has)), list(compress(texts, has)), where[np.flatnonzero(has)]
-        return docs, where, texts
+    @classmethod
+    def merging(cls, params: NearDuplicateParams) -> NearDuplicateDetector:
+        """The detector of a near_duplicate whose band parts run elsewhere: fed their
+        :class:`~detectors.nd_bands.Bands` (``process_parts``)."""
+        det = cls(params)
+        det._matcher = None
+        return det
 
+    # -- processing ------------------------------------------------------------------
     def _process(self, events: Sequence[Event]) -> list[Alert]:
-        p = self.params
-        docs, where, texts = self._select(events)
-        if not docs:
+        if self._matcher is None:
+            raise CoordwatchError("this near_duplicate merges band parts run elsewhere: feed it process_parts")
+        return self._take([self._matcher.match(events)])
+
+    def _take(self, found: Sequence[Bands]) -> list[Alert]:
+        """A batch's documents and near-duplicate pairs (found by one matcher of every band,
+        or by band parts): clusters joined, alerts decided."""
+        b = Bands.union(found)
+        self.stats["short_texts"] += b.short.size
+        m, first = b.ev.size, b.doc0
+        if not m:
             return []
-        sh = shingle_batch(texts, p.shingle_kind, p.shingle_n)
-        # Band columns of every text: MinHash of the few short ones costs less than cutting
-        # them out of the shingle arrays (a pass over all shingles).
-        band = self._hasher.values(sh.hashes, sh.offsets, slice(0, self._band_perms))
-        keep = sh.token_counts >= p.min_tokens
-        rows = None
-        if not keep.all():
-            self.stats["short_texts"] += int((~keep).sum())
-            rows = np.flatnonzero(keep)
-            docs, where, band = list(compress(docs, keep.tolist())), where[rows], band[rows]
-            if not docs:
-                return []
-        m, first = len(docs), self._next
+        if first != self._next:
+            raise CoordwatchError(f"near_duplicate: documents from {first} came, {self._next} was next")
         self.stats["documents"] += m
-        ts = np.fromiter(map(_TS, docs), dtype=np.float64, count=m)
-        new, old, heads = self._index.insert(
-            band_keys(band, self._bands, self._rows), ts, p.max_bucket_candidates
-        )
-        self._store(docs, ts, sh.hashes, sh.offsets, rows, band)
-        matches = self._near(new, old)
-        now = np.maximum.accumulate(np.maximum(ts, self._newest))  # the index's clock as of each document
-        at = self.marks[where]  # the watermark as of each document (alerts decided there carry it)
+        self._ev += [None] * m
+        self._clu += [None] * m
+        self._next += m
+        base, ev = self._base, self._ev
+        for seq, e in zip(b.seqs.tolist(), b.events):
+            if seq >= self._head and ev[seq - base] is None:
+                ev[seq - base] = e
+        matches = _by_document(b)
+        heads = b.heads
+        now = np.maximum.accumulate(np.maximum(self.times[b.ev], self._newest))  # the index's clock as of each document
+        at = self.marks[b.ev]  # the watermark as of each document (alerts decided there carry it)
 
         # Matches and due updates in document order, each with the state as of its document.
         alerts: list[Alert] = []
@@ -320,101 +302,35 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
                     continue
             if mi == len(matches):
                 break
-            i, cands, est = matches[mi]
+            i, cands, agree = matches[mi]
             mi, cur = mi + 1, i
             self._expire(int(heads[i]))
-            cluster = self._match(first + i, cands, est)
+            cluster = self._match(first + i, cands, agree)
             if cluster is not None:
                 alerts += self._changed(cluster, float(now[i]), float(at[i]))
         self._newest = float(now[-1])
-        self._expire(self._index.head)
+        self._expire(int(heads[-1]))  # the index's head after the batch
         self._trim()
         self._forget()
         return alerts
-
-    def _store(
-        self, docs: list[Event], ts: np.ndarray, hashes: np.ndarray, offsets: np.ndarray,
-        rows: np.ndarray | None, band: np.ndarray,
-    ) -> None:
-        """Append a batch's documents: their band columns, and for the other columns their
-        shingles (document k of the batch is row ``rows[k]`` of hashes/offsets, if given)."""
-        m, first = len(docs), self._next
-        self._reserve(self._next - self._head + m)
-        slots = np.arange(first, first + m) % self._has.size
-        self._sig[slots, : self._band_perms] = band
-        self._has[slots] = False
-        self._shingles.append((first, hashes, offsets if rows is None else np.stack((offsets[rows], offsets[rows + 1]))))
-        self._ts += ts.tolist()
-        self._ev += docs
-        self._clu += [None] * m
-        self._next += m
-
-    def _reserve(self, needed: int) -> None:
-        """Grow the signature ring to hold ``needed`` documents (:func:`~sketches.ring.grow_ring`)."""
-        if (grown := grow_ring((self._sig, self._has), self._head, self._next, needed)) is not None:
-            self._sig, self._has = grown
-
-    def _complete(self, seqs: np.ndarray) -> None:
-        """Compute the non-band signature columns of these live documents where missing."""
-        cap = self._has.size
-        missing = seqs[~self._has[seqs % cap]]
-        if not missing.size:
-            return
-        firsts = np.array([f for f, _, _ in self._shingles], dtype=np.int64)
-        chunk = np.searchsorted(firsts, missing, "right") - 1
-        parts, sizes = [], []
-        for c in np.unique(chunk).tolist():
-            f, hashes, offsets = self._shingles[c]
-            local = missing[chunk == c] - f
-            if offsets.ndim == 1:
-                lo, size = offsets[local], offsets[local + 1] - offsets[local]
-            else:
-                lo, size = offsets[0, local], offsets[1, local] - offsets[0, local]
-            out_start = np.cumsum(size) - size
-            parts.append(hashes[np.repeat(lo - out_start, size) + np.arange(int(size.sum()))])
-            sizes.append(size)
-        bounds = np.concatenate(([0], np.cumsum(np.concatenate(sizes))))
-        rest = self._hasher.values(np.concatenate(parts), bounds, slice(self._band_perms, None))
-        slots = missing % cap
-        self._sig[slots, self._band_perms :] = rest
-        self._has[slots] = True
-
-    def _near(self, new: np.ndarray, old: np.ndarray) -> list[tuple[int, list[int], list[float]]]:
-        """Band candidate pairs (batch index, seq) -> each document's near-duplicates:
-        (batch index, their seqs, estimated Jaccard), estimates ``>= threshold``."""
-        if not new.size:
-            return []
-        p, cap = self.params, self._has.size
-        seqs = self._shingles[-1][0] + new  # the batch just stored
-        self._complete(np.unique(np.concatenate((seqs, old))))
-        eq = self._sig[seqs % cap] == self._sig[old % cap]
-        est = np.count_nonzero(eq, axis=1) / p.num_perm
-        keep = est >= p.threshold
-        new, old, est = new[keep], old[keep], est[keep]
-        if not new.size:
-            return []
-        items, starts = np.unique(new, return_index=True)
-        bounds = np.append(starts, new.size).tolist()
-        olds, ests = old.tolist(), est.tolist()
-        return [(i, olds[lo:hi], ests[lo:hi]) for i, lo, hi in zip(items.tolist(), bounds[:-1], bounds[1:])]
 
     def _advance(self, watermark: float) -> list[Alert]:
         """Only the end of the stream sends pending updates: other watermarks depend on the
         driver, documents do not (a live stream reaches a due update with its next post)."""
         return self._due(math.inf, self._newest, watermark) if watermark == math.inf else []
 
-    def _match(self, seq: int, cands: list[int], est: list[float]) -> _Cluster | None:
+    def _match(self, seq: int, cands: list[int], agrees: list[int]) -> _Cluster | None:
         """Join document ``seq`` with its near-duplicates from other accounts."""
         base, ev, clu = self._base, self._ev, self._clu
-        account = ev[seq - base].account_id
+        account = ev[seq - base].account_id  # type: ignore[union-attr]
         clusters: list[_Cluster] = []
         singles: list[int] = []
         agree = pairs = 0
-        for c, j in zip(cands, est):
-            if ev[c - base].account_id == account:
+        for c, a in zip(cands, agrees):
+            if ev[c - base].account_id == account:  # type: ignore[union-attr]
                 continue
             pairs += 1
-            agree += round(j * self.params.num_perm)
+            agree += a
             k = clu[c - base]
             if k is None:
                 singles.append(c)
@@ -438,8 +354,9 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
 
     def _attach(self, c: _Cluster, seq: int) -> None:
         p, i = self.params, seq - self._base
-        e, t = self._ev[i], self._ts[i]
-        account = e.account_id
+        e = self._ev[i]
+        assert e is not None  # a document of a pair
+        t, account = e.ts, e.account_id
         if self._clu[i] is None:
             heapq.heappush(self._clustered, seq)
         self._clu[i] = c
@@ -666,19 +583,16 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         while heap and heap[0] < head:
             seq = heapq.heappop(heap)
             self._head = seq + 1
-            self._leave(clu[seq - base], ev[seq - base].account_id)  # type: ignore[arg-type]
+            self._leave(clu[seq - base], ev[seq - base].account_id)  # type: ignore[arg-type, union-attr]
         self._head = max(self._head, head)
 
     def _trim(self) -> None:
-        """Drop expired documents from the store in blocks; shingles of expired batches."""
+        """Drop expired documents from the store in blocks."""
         k = self._head - self._base
-        if k >= _TRIM and 2 * k >= len(self._ts):
-            for lst in (self._ts, self._ev, self._clu):
-                del lst[:k]
+        if k >= _TRIM and 2 * k >= len(self._clu):
+            del self._ev[:k]
+            del self._clu[:k]
             self._base = self._head
-        chunks = self._shingles
-        while len(chunks) > 1 and chunks[1][0] <= self._head:
-            chunks.popleft()
 
     def _leave(self, c: _Cluster, account: str) -> None:
         c.live -= 1
@@ -711,14 +625,15 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
 
     @property
     def nbytes(self) -> int:
-        """Approximate memory: the band index, signatures and shingles, the document store,
-        clusters and the repeat memory."""
+        """Approximate memory: the band matching (index, signatures, shingles, documents), the
+        documents of pairs, clusters and the repeat memory."""
         lo = self._head - self._base
-        store = sum(map(sys.getsizeof, (self._ts, self._ev, self._clu)))
-        strings = sum(
-            sys.getsizeof(e) + sys.getsizeof(e.account_id) + sys.getsizeof(e.event_id) + sys.getsizeof(e.text)
-            for e in self._ev[lo:]
-        )
+        store = sum(map(sys.getsizeof, (self._ev, self._clu)))
+        if self._matcher is not None:  # the events of pairs are the matcher's too
+            store += self._matcher.nbytes
+        else:
+            store += sum(sys.getsizeof(e) + sys.getsizeof(e.account_id) + sys.getsizeof(e.event_id)
+                         + sys.getsizeof(e.text) for e in self._ev[lo:] if e is not None)  # fmt: skip
         clusters = {id(c): c for c in self._clu[lo:] if c is not None}
         clusters.update((id(c), c) for c in map(_resolve, (rec[2] for rec in self._seen.values())))  # expired ones too
         per_cluster = sum(
@@ -726,13 +641,11 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
             for c in clusters.values()
         )
         seen = sys.getsizeof(self._seen) + 72 * len(self._seen) + 64 * len(self._seen_queue)
-        arrays = self._index.nbytes + self._sig.nbytes + self._has.nbytes
-        arrays += sum(h.nbytes + o.nbytes for _, h, o in self._shingles)
-        return arrays + store + strings + per_cluster + seen
+        return store + per_cluster + seen
 
     def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        """Live documents (the index and signatures are rebuilt from their texts), clusters,
-        the repeat memory."""
+        """The band matching's live documents (see ``BandMatcher.state``), the documents of
+        pairs, clusters, the repeat memory."""
         lo, hi = self._head - self._base, self._next - self._base
         index: dict[int, int] = {}
         clusters: list[_Cluster] = []
@@ -754,13 +667,16 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
             if c.due == due and c.forward is None and id(c) not in index:
                 index[id(c)] = len(clusters)
                 clusters.append(c)
-        live = self._ev[lo:hi]
+        named = [(seq, e) for seq, e in enumerate(self._ev[lo:hi], start=self._head) if e is not None]
+        matcher, arrays = (None, []) if self._matcher is None else self._matcher.state()
         state = {
+            "matcher": matcher,
             "head": self._head,
+            "next": self._next,
             "newest": None if self._newest == -math.inf else self._newest,
-            "accounts": [e.account_id for e in live],
-            "event_ids": [e.event_id for e in live],
-            "texts": [e.text for e in live],
+            "accounts": [e.account_id for _, e in named],
+            "event_ids": [e.event_id for _, e in named],
+            "texts": [e.text for _, e in named],
             "clusters": [
                 {
                     "revision": c.revision,
@@ -789,12 +705,12 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
             "seen": seen,
             "seen_queue": list(self._seen_queue),
         }
-        ts = np.array(self._ts[lo:hi], dtype=np.float64)
-        return state, [ts, refs]
+        seqs = np.array([q for q, _ in named], dtype=np.int64)
+        ts = np.array([e.ts for _, e in named], dtype=np.float64)
+        return state, [refs, seqs, ts, *arrays]
 
     def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        ts, refs = arrays
-        p = self.params
+        refs, seqs, ts, *matcher = arrays
         clusters = [
             _Cluster(
                 revision=d["revision"],
@@ -825,28 +741,50 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         self._pushes = len(clusters)
         for c in clusters:
             c.burst.update(a for _, _, a in c.recent)
-        head = state["head"]
-        newest = -math.inf if state["newest"] is None else state["newest"]
-        docs = [
-            Event(t, a, "post", e, x, (), None, (), {})
-            for t, a, e, x in zip(ts.tolist(), state["accounts"], state["event_ids"], state["texts"])
-        ]
-        self._base = self._head = self._next = head
-        self._newest = newest
-        self._clu = []
-        if docs:
-            sh = shingle_batch([e.text for e in docs], p.shingle_kind, p.shingle_n)  # type: ignore[misc]
-            band = self._hasher.values(sh.hashes, sh.offsets, slice(0, self._band_perms))
-            self._index.load(band_keys(band, self._bands, self._rows), ts, head, newest)
-            self._store(docs, ts, sh.hashes, sh.offsets, None, band)
+        if state["matcher"] is None:
+            self._matcher = None
         else:
-            self._index.load(np.empty((0, self._bands), dtype=np.uint64), ts, head, newest)
+            assert self._matcher is not None
+            self._matcher.load(state["matcher"], matcher)
+        head = state["head"]
+        self._base = self._head = head
+        self._next = state["next"]
+        self._newest = -math.inf if state["newest"] is None else state["newest"]
+        self._ev = [None] * (self._next - head)
+        for seq, t, a, e, x in zip(seqs.tolist(), ts.tolist(), state["accounts"], state["event_ids"], state["texts"]):
+            self._ev[seq - head] = Event(t, a, "post", e, x, (), None, (), {})
         self._clu = [None if r < 0 else clusters[r] for r in refs.tolist()]
         for seq, (k, e) in enumerate(zip(self._clu, self._ev), start=head):
             if k is not None:
                 k.docs.append(seq)
                 k.live += 1
-                k.accounts[e.account_id] += 1
+                k.accounts[e.account_id] += 1  # type: ignore[union-attr]
                 self._clustered.append(seq)
         self._seen = {a: (first, last, clusters[k]) for a, first, last, k in state["seen"]}
         self._seen_queue = deque((last, a) for last, a in state["seen_queue"])
+
+
+def _by_document(b: Bands) -> list[tuple[int, list[int], list[int]]]:
+    """A batch's pairs per new document: (its index in the batch, the earlier documents'
+    seqs, their equal signature values), in document order."""
+    if not b.new.size:
+        return []
+    items, starts = np.unique(b.new, return_index=True)
+    bounds = np.append(starts, b.new.size).tolist()
+    olds, agrees = b.old.tolist(), b.agree.tolist()
+    return [(i - b.doc0, olds[lo:hi], agrees[lo:hi]) for i, lo, hi in zip(items.tolist(), bounds[:-1], bounds[1:])]
+
+
+class NearDuplicateParts(PartsMerge[Bands]):
+    """near_duplicate whose ``parts`` band parts run elsewhere, each a
+    :class:`~detectors.nd_bands.NearDuplicatePart` (a worker's work partition), merged here
+    (:class:`~detectors.parts.PartsMerge`): the documents, and the pairs of every band."""
+
+    KIND = "near_duplicate.parts"
+    PAYLOAD = Bands
+
+    def __init__(self, params: NearDuplicateParams, parts: int) -> None:
+        super().__init__(NearDuplicateDetector.merging(params), parts)
+
+    def _restore(self, data: bytes) -> NearDuplicateDetector:
+        return NearDuplicateDetector.restore(self.detector.params, data)

@@ -46,6 +46,7 @@ from detectors.base import WHOLE, Alert, Detector, KeyedDetector, Router, Shard
 from detectors.events import Event, Rejection, event_to_json, parse_event
 from detectors.linker import Linker
 from detectors.params import LinkingParams
+from detectors.parts import PartsMerge
 from sketches.errors import CoordwatchError, IncompatibleSketchError
 from sketches.protocol import pack, unpack
 
@@ -83,10 +84,20 @@ def detector_classes() -> dict[str, type[Detector[Any]]]:
 
 def detector_parts() -> dict[str, type[Detector[Any]]]:
     """Config section name → the detector that runs one part of it apart (a split detector
-    whose parts alert nothing but feed a merge: co_action's object parts)."""
+    whose parts alert nothing but feed a merge, ``detectors.parts``: co_action's object parts,
+    near_duplicate's band parts)."""
     from detectors.co_objects import CoActionPart
+    from detectors.nd_bands import NearDuplicatePart
 
-    return {"co_action": CoActionPart}
+    return {"co_action": CoActionPart, "near_duplicate": NearDuplicatePart}
+
+
+def part_merges() -> dict[str, type[PartsMerge[Any]]]:
+    """Config section name → what merges its parts (:func:`detector_parts`)."""
+    from detectors.co_action import CoActionParts
+    from detectors.near_duplicate import NearDuplicateParts
+
+    return {"co_action": CoActionParts, "near_duplicate": NearDuplicateParts}
 
 
 _ORDER = attrgetter("ts", "event_id", "account_id", "action")

@@ -22,12 +22,12 @@ Three stages, each on its own topic, so that N workers in one group compute exac
   (near_duplicate, co_action, burst) as one :class:`~detectors.pipeline.Detection` over
   every event, in event time, which gets the whole frame and parses it again unless its
   worker's ingest just did; or a shard of a keyed detector (``work.shards``: burst, by key),
-  which gets only the events of its keys, already parsed, with the times of all; or an
-  object part of co_action (``work.shards = {co_action = n}``: every frame, its objects),
-  which sends its segments (a batch's actions, or an advance) to the partition merging the
-  parts (:class:`~streams.stages.MergeStage`, :class:`~detectors.co_action.CoActionParts`:
-  a co_action group can join any objects, so the network is one unit). A near_duplicate
-  cluster can join any two texts: it is not cut. The stage skips input already in its
+  which gets only the events of its keys, already parsed, with the times of all; or a part
+  of a split detector (``detectors.parts``: ``work.shards = {co_action = n}``, each part the
+  actions on its objects; ``{near_duplicate = n}``, each part the LSH lookups of its bands),
+  which reads every frame and sends its segments (a batch's findings, or an advance) to the
+  partition merging the parts (:class:`~streams.stages.MergeStage`: a co_action group can
+  join any objects, a near_duplicate cluster any texts, so that part is one unit). The stage skips input already in its
   state, and each time it closes ticks sends their alerts, unlinked, to the *link topic*
   ``<app_id>.link`` (one partition), stamped with its work offset (a merge: each time its
   parts' segments let it find alerts or move on). Late events are dead-lettered by each

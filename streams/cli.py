@@ -354,7 +354,7 @@ for _suite in _SUITES:
               help="With --workers: the stream round robin over this many input partitions.")
 @click.option("--split", "splits", multiple=True, metavar="DETECTOR=N",
               help="The workers run DETECTOR split into N (work.shards: burst=4 by key, co_action=2 into "
-                   "object parts and their merge); repeatable.")
+                   "object parts and their merge, near_duplicate=2 into band parts and their merge); repeatable.")
 def bench_stream(quick: bool, workers: int, events: int | None, repeat: int | None, partitions: int,
                  splits: tuple[str, ...]) -> None:  # fmt: skip
     """End to end on the embedded broker: produce, raw aiokafka consume, worker(s); events/s beside the raw rate."""

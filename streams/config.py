@@ -111,8 +111,9 @@ class WorkParams(Section):
     shards: dict[str, int] = Field(
         default_factory=dict,
         description="work partitions a detector is split into, so that more workers share it: burst by key; "
-        "co_action into object parts (by object) and one partition merging them (its groups can join any "
-        "objects); near_duplicate does not split. E.g. {burst = 4, co_action = 3}",
+        "co_action into object parts (by object), near_duplicate into band parts (by LSH band, at most one "
+        "part per band), each with one partition merging its parts (a co_action group can join any objects, "
+        "a near_duplicate cluster any texts). E.g. {burst = 4, co_action = 3, near_duplicate = 2}",
     )
 
     @model_validator(mode="after")
@@ -151,6 +152,14 @@ class Config(Section):
                 f"work.shards.co_action = {n} with co_action.one_object_actions = {self.co_action.one_object_actions}: "
                 "that rule needs all of a post's objects in one place; set work.shards.co_action = 1 "
                 "or co_action.one_object_actions = []"
+            )
+        from detectors.nd_bands import lsh_shape
+
+        n, (bands, _) = self.work.shards.get("near_duplicate", 1), lsh_shape(self.near_duplicate)
+        if n > bands:
+            raise ValueError(
+                f"work.shards.near_duplicate = {n}: near_duplicate splits by LSH band and has {bands} "
+                f"(near_duplicate.lsh_bands, or max_lsh_bands); use at most {bands} parts"
             )
         return self
 

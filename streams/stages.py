@@ -25,9 +25,8 @@ import zstandard
 from faust.types import TP, EventT
 
 from detectors.base import WHOLE, Alert, Shard
-from detectors.co_action import CoActionParts
-from detectors.co_objects import CoActionPart, Segment
 from detectors.events import Event, Rejection, pack_events, parse_with_origins, unpack_events
+from detectors.parts import PartDetector
 from detectors.pipeline import (
     AlertOrder,
     Detection,
@@ -37,6 +36,7 @@ from detectors.pipeline import (
     json_tick,
     keyed_router,
     lateness_of,
+    part_merges,
     tick_json,
 )
 from sketches.errors import CoordwatchError
@@ -87,8 +87,9 @@ WORK_ORDER = ("near_duplicate", "co_action", "burst")
 class Unit(NamedTuple):
     """What a work partition runs (``role``): a detector over every event (``whole``), a shard
     of a keyed one over the events of its keys (``shard``: ``work.shards``, see
-    ``detectors.base``), or a split co_action's object part over every event (``objects``:
-    ``detectors.co_objects``, its output to the partition that merges the parts, ``merge``)."""
+    ``detectors.base``), or a part of a split detector over every event (``part``:
+    ``detectors.parts``, co_action's objects or near_duplicate's bands), its output to the
+    partition that merges the parts (``merge``)."""
 
     detector: str
     shard: Shard
@@ -97,7 +98,9 @@ class Unit(NamedTuple):
     @property
     def name(self) -> str:
         s, n = self.shard
-        return f"{self.detector}.objects.{s}" if self.role == "objects" else self.detector if n == 1 else f"{self.detector}.{s}"
+        if self.role == "part":
+            return f"{self.detector}.{detector_parts()[self.detector].LABEL}.{s}"  # type: ignore[attr-defined]
+        return self.detector if n == 1 else f"{self.detector}.{s}"
 
     @property
     def sharded(self) -> bool:
@@ -106,32 +109,32 @@ class Unit(NamedTuple):
 
     @property
     def alerts(self) -> bool:
-        """It sends alerts to the link partition (an object part sends its merge its actions)."""
-        return self.role != "objects"
+        """It sends alerts to the link partition (a part sends its merge its findings)."""
+        return self.role != "part"
 
     @property
     def framed(self) -> bool:
-        """Ingest sends it frames (the merge gets the object parts' output instead)."""
+        """Ingest sends it frames (the merge gets the parts' output instead)."""
         return self.role != "merge"
 
 
 def work_units(config: Config) -> list[Unit]:
-    """The enabled detectors in work-partition order, a split one as its shards (or object
-    parts, then their merge): partition ``u`` runs the ``u``-th."""
+    """The enabled detectors in work-partition order, a split one as its shards (or parts,
+    then their merge): partition ``u`` runs the ``u``-th."""
     units = []
     for name in sorted(enabled_names(config), key=WORK_ORDER.index):
         n = config.work.shards.get(name, 1)
         if n == 1:
             units.append(Unit(name, WHOLE))
         elif name in detector_parts():
-            units += [*(Unit(name, (s, n), "objects") for s in range(n)), Unit(name, WHOLE, "merge")]
+            units += [*(Unit(name, (s, n), "part") for s in range(n)), Unit(name, WHOLE, "merge")]
         else:
             units += [Unit(name, (s, n), "shard") for s in range(n)]
     return units
 
 
 def merge_partition(config: Config, detector: str) -> int:
-    """The work partition merging ``detector``'s object parts."""
+    """The work partition merging ``detector``'s parts."""
     return next(u for u, unit in enumerate(work_units(config)) if unit.detector == detector and unit.role == "merge")
 
 
@@ -415,7 +418,7 @@ class DetectStage(Stage):
         self.primary = tp.partition == 0  # counts the events and sets the watermark gauge, once
         self.rejects = self.primary and not rejections_at_ingest(config)  # dead-letters the parse rejections
         lateness = lateness_of(getattr(config, name) for name in enabled_names(config))  # the pipeline's
-        if self.unit.role == "objects":  # one part of a split detector: its late events are the detector's
+        if self.unit.role == "part":  # one part of a split detector: its late events are the detector's
             detectors = [detector_parts()[self.detector](getattr(config, self.detector), self.unit.shard)]
             self.merge = merge_partition(config, self.detector)
             self.late_as = self.detector if self.unit.shard[0] == 0 else None
@@ -453,9 +456,9 @@ class DetectStage(Stage):
             self.dirty = True
             if self.unit.alerts:
                 out.sends.append(link_message(self.config, self.unit.name, msg.offset, self.detection.closed, found))
-            else:  # an object part: its segments to the partition merging the parts
+            else:  # a part: its segments to the partition merging the parts
                 part = self.detection.detectors[0]
-                assert isinstance(part, CoActionPart)
+                assert isinstance(part, PartDetector)
                 headers = [("part", str(self.unit.shard[0]).encode()), FRAME_CODEC]
                 out.sends += [(work_topic(self.config), None, self._zstd.compress(seg.to_bytes()), self.merge, headers)
                               for seg in part.outbox]  # fmt: skip
@@ -550,8 +553,8 @@ def link_message(config: Config, unit: str, offset: int, closed: float, found: S
 
 
 class MergeStage(Stage):
-    """The work partition merging a split co_action's object parts
-    (:class:`~detectors.co_action.CoActionParts`): the parts' segments in (each part's in order,
+    """The work partition merging a split detector's parts (:func:`~detectors.pipeline.part_merges`:
+    :class:`~detectors.parts.PartsMerge`): the parts' segments in (each part's in order,
     the parts interleaved as they came, a segment re-sent after a part's restart dropped), its
     alerts to the link partition, with the tick up to which the parts have vouched for the
     event time."""
@@ -562,7 +565,7 @@ class MergeStage(Stage):
         self.unit = work_units(config)[tp.partition]
         super().__init__(config, f"detect-{self.unit.name}", tp, app)
         name = self.unit.detector
-        self.parts = CoActionParts(getattr(config, name), config.work.shards[name])
+        self.parts = part_merges()[name](getattr(config, name), config.work.shards[name])
         self._unzstd = zstandard.ZstdDecompressor()
 
     def _handle(self, msg: Any, value: bytes) -> Out:
@@ -572,7 +575,7 @@ class MergeStage(Stage):
         if headers.get(FRAME_CODEC[0]) == FRAME_CODEC[1]:
             value = self._unzstd.decompress(value)
         before = self.parts.horizon
-        found = self.parts.offer(int(part), Segment.from_bytes(value))
+        found = self.parts.offer(int(part), self.parts.segment(value))
         self.dirty = True
         MERGE_WAITING.labels(self.name).set(self.parts.waiting)
         if found or self.parts.horizon > before:

@@ -68,3 +68,42 @@ def read_topic(port: int, topic: str) -> list[Any]:
     finally:
         consumer.close()
     return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+def apart(part_cls: type, merge: Any, params: Any, evs: list[Any], n: int, seed: int) -> tuple[bytes, ...]:
+    """A split detector in ``n`` parts (``part_cls``, ``detectors.parts``), each a detector fed
+    its own batches and advanced after each (the second restored from its snapshot half-way),
+    their segments through bytes, interleaved at random with some sent twice, into ``merge``
+    (a fresh ``PartsMerge`` of ``n`` parts, itself restored half-way): its alerts."""
+    import math
+    import random
+
+    sent: list[list[Any]] = []
+    for s in range(n):
+        batch = (1000, 7, 333)[s % 3]
+        part, mine = part_cls(params, (s, n)), []
+        for i in range(0, len(evs), batch):
+            if s == 1 and i == batch * (len(evs) // batch // 2):
+                part = part_cls.restore(params, part.snapshot(), (s, n))
+            part.process(evs[i : i + batch])
+            part.advance(part.watermark)
+            mine += part.outbox
+            part.outbox.clear()
+        part.advance(math.inf)
+        sent.append(mine + part.outbox)
+    rng = random.Random(seed)
+    heads, order = [0] * n, []
+    while any(h < len(x) for h, x in zip(heads, sent)):
+        s = rng.choice([k for k in range(n) if heads[k] < len(sent[k])])
+        order.append((s, sent[s][heads[s]]))
+        if heads[s] and rng.random() < 0.05:
+            order.append((s, sent[s][heads[s] - 1]))  # again: dropped
+        heads[s] += 1
+    join, found = merge(), []
+    for k, (s, seg) in enumerate(order):
+        if k == len(order) // 2:
+            state, join = join.state(), merge()
+            join.load(state)
+        found += [a.to_json() for a in join.offer(s, join.segment(seg.to_bytes()))]
+    assert join.waiting == 0 and join.done == len(evs)
+    return tuple(found)

@@ -7,7 +7,6 @@ import functools
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from importlib import resources
@@ -23,12 +22,13 @@ from hypothesis import strategies as st
 
 from detectors.base import Alert
 from detectors.co_action import CoActionDetector, CoActionParts, quantile7
-from detectors import co_objects
-from detectors.co_objects import CoActionPart, Segment
+from detectors import parts
+from detectors.co_objects import CoActionPart
 from detectors.co_weights import Counting, Links
 from detectors.events import Event, parse_obj
 from detectors.params import CoActionParams
 from detectors.synthetic import SyntheticStream
+from tests.helpers import apart
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_040.0  # a multiple of 60
@@ -212,50 +212,15 @@ def test_restored_mid_stream_continues_identically(name: str):
         assert tuple(first + rest) == straight(name)
 
 
-def apart(params: CoActionParams, evs: list[Event], n: int, seed: int) -> tuple[bytes, ...]:
-    """co_action's objects in ``n`` parts, each a detector fed its own batches and advanced
-    after each (the second restored from its snapshot half-way), their segments through bytes,
-    interleaved at random with some sent twice, into the co_action that merges them (itself
-    restored half-way): its alerts."""
-    sent: list[list[Segment]] = []
-    for s, batch in zip(range(n), (1000, 7, 333)):
-        part, mine = CoActionPart(params, (s, n)), []
-        for i in range(0, len(evs), batch):
-            if s == 1 and i == batch * (len(evs) // batch // 2):
-                part = CoActionPart.restore(params, part.snapshot(), (s, n))
-            part.process(evs[i : i + batch])
-            part.advance(part.watermark)
-            mine += part.outbox
-            part.outbox.clear()
-        part.advance(math.inf)
-        sent.append(mine + part.outbox)
-    rng = random.Random(seed)
-    heads, order = [0] * n, []
-    while any(h < len(x) for h, x in zip(heads, sent)):
-        s = rng.choice([k for k in range(n) if heads[k] < len(sent[k])])
-        order.append((s, sent[s][heads[s]]))
-        if heads[s] and rng.random() < 0.05:
-            order.append((s, sent[s][heads[s] - 1]))  # again: dropped
-        heads[s] += 1
-    join, found = CoActionParts(params, n), []
-    for k, (s, seg) in enumerate(order):
-        if k == len(order) // 2:
-            state, join = join.state(), CoActionParts(params, n)
-            join.load(state)
-        found += [a.to_json() for a in join.offer(s, Segment.from_bytes(seg.to_bytes()))]
-    assert join.waiting == 0 and join.done == len(evs)
-    return tuple(found)
-
-
 @pytest.mark.parametrize("name", PARAMS)
 def test_object_parts_run_apart_find_what_one_detector_finds(name: str, monkeypatch: pytest.MonkeyPatch):
     """Three object parts (one with one_object_actions, which needs a post's objects together)
     run apart, their batches cut into segments of a few kB, and inside one detector: the one
     detector's alerts, byte for byte."""
-    monkeypatch.setattr(co_objects, "SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(parts, "SEGMENT_BYTES", 4096)
     params = det(**PARAMS[name]).params
     n = 1 if params.one_object_actions else 3
-    assert apart(params, stream(), n, len(name)) == straight(name)
+    assert apart(CoActionPart, lambda: CoActionParts(params, n), params, stream(), n, len(name)) == straight(name)
     assert tuple(a.to_json() for a in run(CoActionDetector(params, parts=n), stream(), 997)) == straight(name)
 
 
@@ -278,7 +243,7 @@ def test_object_parts_run_apart_find_what_the_final_advance_finds():
     params = det(memory_s=6 * HOUR, min_weight=6).params
     whole = run(CoActionDetector(params), evs)
     assert [a.at for a in whole] == [math.inf]
-    assert apart(params, evs, 3, 0) == tuple(a.to_json() for a in whole)
+    assert apart(CoActionPart, lambda: CoActionParts(params, 3), params, evs, 3, 0) == tuple(a.to_json() for a in whole)
 
 
 SCRIPT = """

@@ -13,9 +13,12 @@ from pydantic import ValidationError
 
 from detectors.base import Alert
 from detectors.events import Event
-from detectors.near_duplicate import NearDuplicateDetector
+from detectors import parts
+from detectors.nd_bands import BandMatcher, Bands, NearDuplicatePart
+from detectors.near_duplicate import NearDuplicateDetector, NearDuplicateParts
 from detectors.params import NearDuplicateParams
 from detectors.schema import alert_errors
+from tests.helpers import apart
 
 TEMPLATE = (
     "the city council quietly approved the new surveillance cameras on every corner "
@@ -206,7 +209,8 @@ def test_memory_follows_the_window_not_the_stream():
         live.append(det.live_documents)
     assert max(live) <= 2 * 1212 + 100
     assert max(sizes[3:]) <= 1.3 * sizes[2]
-    assert len(det._ts) <= 2 * det.live_documents + 4096
+    assert len(det._clu) <= 2 * det.live_documents + 4096
+    assert det._matcher is not None and len(det._matcher._ev) <= 2 * det.live_documents + 4096
 
 
 def test_burst_span_must_fit_in_the_window():
@@ -223,26 +227,31 @@ def test_the_end_of_the_stream_sends_pending_updates():
     assert (final.revision, final.account_count, final.evidence["as_of_ts"]) == (1, 14, det._newest)
 
 
-def test_signatures_completed_on_demand_are_datasketchs_full_signatures():
+@pytest.mark.parametrize("part", [(0, 1), (1, 3)])
+def test_signatures_completed_on_demand_are_datasketchs_full_signatures(part: tuple[int, int]):
+    """A matcher (of every band, or of some) keeps its bands' columns of every document and
+    all columns of those in a pair: datasketch's values."""
+    from detectors.nd_bands import BandMatcher
     from sketches.minhash import minhasher
     from sketches.shingling import shingle_batch
 
     events = campaign_stream()
-    det = NearDuplicateDetector(NearDuplicateParams())
+    m = BandMatcher(NearDuplicateParams(), part)
+    cols = m._cols
+    assert (cols.start, cols.stop) == ((0, 30) if part == (0, 1) else (9, 18))  # 10 bands x 3 rows: 3 + 3 + 4 bands
     for lo in range(0, len(events), 500):
-        det.process(events[lo : lo + 500])
-        live = range(det._head, det._next)
-        done = [s for s in live if det._has[s % det._has.size]]
+        m.match(events[lo : lo + 500])
+        live = range(m.head, m.next)
+        done = [s for s in live if m._has[s % m._has.size]]
         assert done  # the wave documents in candidate pairs
-        texts = [det._ev[s - det._base].text for s in done]
+        texts = [m._ev[s - m._base].text for s in done]
         sh = shingle_batch(texts)  # type: ignore[arg-type]
         full = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values
-        assert np.array_equal(det._sig[np.array(done) % det._has.size], full)
-        band = [s for s in live if not det._has[s % det._has.size]][:50]
-        sh = shingle_batch([det._ev[s - det._base].text for s in band])  # type: ignore[arg-type]
-        cols = det._band_perms
-        expected = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values[:, :cols]
-        assert np.array_equal(det._sig[np.array(band, dtype=np.int64) % det._has.size, :cols], expected)
+        assert np.array_equal(m._sig[np.array(done) % m._has.size], full)
+        band = [s for s in live if not m._has[s % m._has.size]][:50]
+        sh = shingle_batch([m._ev[s - m._base].text for s in band])  # type: ignore[arg-type]
+        expected = minhasher(128, 1).signatures(sh.hashes, sh.offsets).values[:, cols]
+        assert np.array_equal(m._sig[np.array(band, dtype=np.int64) % m._has.size, cols], expected)
 
 
 # -- linked waves: a campaign whose waves are each too small --------------------------
@@ -290,3 +299,36 @@ def test_a_meme_that_campaign_members_also_post_is_not_linked_in():
 
 def test_snapshot_restore_keeps_links_and_expired_clusters():
     assert_resumes_identically(weak_campaign()[0], ((1, 3), (1, 2), (3, 4)))
+
+
+# -- band parts: near_duplicate split by LSH band ---------------------------------------
+@pytest.mark.parametrize(("stream", "n"), [("campaign", 2), ("campaign", 3), ("campaign", 10), ("weak", 3)])
+def test_band_parts_run_apart_find_what_one_detector_finds(stream: str, n: int, monkeypatch: pytest.MonkeyPatch):
+    """n band parts (each its bands' index) run apart, their batches cut into segments of a
+    few kB, merged: the one detector's alerts, byte for byte."""
+    monkeypatch.setattr(parts, "SEGMENT_BYTES", 4096)
+    events = campaign_stream() if stream == "campaign" else weak_campaign()[0]
+    params = NearDuplicateParams()
+    want = tuple(a.to_json() for a in run(events))
+    assert len(want) >= 3
+    assert apart(NearDuplicatePart, lambda: NearDuplicateParts(params, n), params, events, n, n) == want
+
+
+def test_each_band_part_finds_only_some_pairs_and_their_union_is_all():
+    """The split is real: every part alone misses pairs that only other bands find."""
+    events = campaign_stream()
+    params = NearDuplicateParams()
+    whole = BandMatcher(params).match(events)
+    found = [BandMatcher(params, (s, 3)).match(events) for s in range(3)]
+    pairs = [set(zip(b.new.tolist(), b.old.tolist())) for b in found]
+    everything = set(zip(whole.new.tolist(), whole.old.tolist()))
+    assert all(p < everything for p in pairs)
+    united = Bands.union(found)
+    assert (united.new.tolist(), united.old.tolist(), united.agree.tolist()) == (
+        whole.new.tolist(), whole.old.tolist(), whole.agree.tolist())
+    assert united.seqs.tolist() == whole.seqs.tolist() and united.events == whole.events
+
+
+def test_a_part_for_more_parts_than_bands_is_refused():
+    with pytest.raises(ValueError, match="10 LSH bands"):
+        NearDuplicatePart(NearDuplicateParams(), (0, 11))

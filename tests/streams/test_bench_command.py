@@ -67,15 +67,16 @@ def test_bench_replay_quick_prints_table_and_figures():
 
 
 def test_bench_shards_quick_prints_table_and_figures():
-    """Burst whole and in 2 and 4 shards, co_action in 2 and 4 object parts and their merge,
-    in-process (the bench fails if the shards' or the merge's alerts differ from the whole's)."""
+    """Burst whole and in 2 and 4 shards, co_action in 2 and 4 object parts, near_duplicate in
+    2 and 4 band parts, and their merges, in-process (the bench fails if the shards' or the merge's alerts differ from the whole's)."""
     res = subprocess.run([sys.executable, "-m", "streams", "bench", "shards", "--quick"],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     figures = dict(item.split("=", 1) for item in res.stdout.strip().splitlines()[-1].split())
     for n in (2, 4):
         for key in (f"burst_shard_of_{n}_vs_whole", f"burst_{n}_shards_sum_vs_whole", f"burst_route_{n}_vs_whole",
-                    f"co_action_part_of_{n}_vs_whole", f"co_action_merge_of_{n}_vs_whole"):
+                    f"co_action_part_of_{n}_vs_whole", f"co_action_merge_of_{n}_vs_whole",
+                    f"near_duplicate_part_of_{n}_vs_whole", f"near_duplicate_merge_of_{n}_vs_whole"):
             assert float(figures[key]) > 0, key
 
 

@@ -112,7 +112,9 @@ WHOLE = Config()
 SHARDED = Config(work=WorkParams(shards={"burst": 3}))  # work units: near_duplicate, co_action, burst.0-2
 # near_duplicate, co_action.objects.0-2, co_action (their merge), burst
 OBJECTS = Config(work=WorkParams(shards={"co_action": 3}))
-CONFIGS = {"whole": WHOLE, "sharded": SHARDED, "objects": OBJECTS}
+# near_duplicate.bands.0-1, near_duplicate (their merge), co_action.objects.0-1, co_action, burst
+BANDS = Config(work=WorkParams(shards={"near_duplicate": 2, "co_action": 2}))
+CONFIGS = {"whole": WHOLE, "sharded": SHARDED, "objects": OBJECTS, "bands": BANDS}
 
 
 def detect_stage(u: int, partitions: int = 1, config: Config = WHOLE) -> DetectStage:

@@ -348,8 +348,8 @@ def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late
     s.assert_alerts_once(expected)
 
 
-SPLITS = [None, {"burst": 2}, {"co_action": 2}]
-SPLIT_IDS = ["whole", "burst-in-2-shards", "co_action-in-2-object-parts"]
+SPLITS = [None, {"burst": 2}, {"co_action": 2}, {"near_duplicate": 2}]
+SPLIT_IDS = ["whole", "burst-in-2-shards", "co_action-in-2-object-parts", "near_duplicate-in-2-band-parts"]
 
 
 @pytest.mark.parametrize("shards", SPLITS, ids=SPLIT_IDS)
@@ -412,7 +412,8 @@ def test_two_workers_give_the_same_alerts_as_one(broker, tmp_path, procs, stream
     """Idle workers, then the whole stream at once on four partitions, two per worker's ingest:
     each detect stage waits until both ingests have seen their partitions' backlog. Also with
     burst split by key into two shards (five work partitions), or co_action into two object
-    parts and their merge (five): the alerts of replay, which runs them whole."""
+    parts and their merge (five), or near_duplicate into two band parts and their merge
+    (five): the alerts of replay, which runs them whole."""
     s = Setup(broker, tmp_path, procs, shards)
     w1, w2 = s.start_worker("w1"), s.start_worker("w2")
     s.cli("produce", str(stream_file), "--spread")
