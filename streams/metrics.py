@@ -16,5 +16,5 @@ SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot 
 WATERMARK = Gauge("coordwatch_event_time", "newest event time seen (unix seconds)")
 HELD = Gauge("coordwatch_partitions_holding", "input partitions that may still send older events, holding back "
              "a detect stage's ticks (not reported, behind their high watermark, or a stale report)", ["stage"])
-MERGE_WAITING = Gauge("coordwatch_merge_waiting_events", "events a merge of object parts holds from its faster "
+MERGE_WAITING = Gauge("coordwatch_merge_waiting_events", "events a merge of a split detector's parts holds from its faster "
                       "parts until the slowest has sent them too (one part lagging: this grows)", ["stage"])

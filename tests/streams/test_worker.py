@@ -469,10 +469,11 @@ def test_a_work_topic_made_for_another_detector_set_stops_the_worker_at_start(br
     assert "use a new kafka.app_id" in run.stderr
 
 
-@pytest.mark.parametrize("shards", [None, {"burst": 3, "co_action": 2}], ids=["whole", "burst-in-3-co_action-in-2"])
+@pytest.mark.parametrize("shards", [None, {"burst": 3, "co_action": 2, "near_duplicate": 2}],
+                         ids=["whole", "burst-in-3-co_action-and-near_duplicate-in-2"])
 def test_a_late_event_is_dead_lettered_by_every_detector_that_never_saw_it(broker, tmp_path, procs, shards):
-    """Once per detector, or per shard of burst that its keys go to (co_action once, whatever
-    its parts)."""
+    """Once per detector, or per shard of burst that its keys go to (co_action and
+    near_duplicate once, whatever their parts)."""
     s = Setup(broker, tmp_path, procs, shards)
     base = 1_700_000_000.0
     on_time = [{"ts": base + i, "account_id": f"a{i % 7}", "action": "post", "text": f"post number {i}"} for i in range(0, 7200, 3)]
