@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Shard
+from detectors.base import WHOLE, Shard
 from detectors.co_weights import fast_weights
 from detectors.events import Event
 from detectors.pairing import Pairer
@@ -370,24 +370,14 @@ class CoActionPart(PartDetector[CoActionParams, Actions]):
     STATE_VERSION = 1
     LABEL = "objects"
 
-    def __init__(self, params: CoActionParams, shard: Shard = WHOLE) -> None:
-        super().__init__(params, shard)
-        self.objects = ObjectActions(params, shard)
+    FINDER = ObjectActions
+    finder: ObjectActions
 
-    def _process(self, events: Sequence[Event]) -> list[Alert]:
-        acts = self.objects.actions(events, self.marks, self.times)
+    def _find(self, events: Sequence[Event]) -> tuple[Actions, np.ndarray]:
+        acts = self.finder.actions(events, self.marks, self.times)
         cost = np.bincount(acts.ev, weights=_ACTION_BYTES + np.fromiter(map(len, acts.objs), np.float64, len(acts)),
                            minlength=len(events)) + 8  # fmt: skip
-        self._emit(acts, cost)
-        return []
+        return acts, cost
 
     def _empty(self) -> Actions:
-        return Actions.empty(self.objects.next_ref, None)
-
-    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        head, arrays = self.objects.state()
-        return {"objects": head, **self._counters()}, arrays
-
-    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        self.objects.load(state["objects"], arrays)
-        self._load_counters(state)
+        return Actions.empty(self.finder.next_ref, None)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Shard
+from detectors.base import WHOLE, Shard
 from detectors.events import Event, pack_events, unpack_events
 from detectors.params import NearDuplicateParams
 from detectors.parts import PartDetector
@@ -327,31 +327,20 @@ class NearDuplicatePart(PartDetector[NearDuplicateParams, Bands]):
     STATE_VERSION = 1
     LABEL = "bands"
 
-    def __init__(self, params: NearDuplicateParams, shard: Shard = WHOLE) -> None:
-        super().__init__(params, shard)
-        self.matcher = BandMatcher(params, shard)
+    FINDER = BandMatcher
+    finder: BandMatcher
 
-    def _process(self, events: Sequence[Event]) -> list[Alert]:
-        found = self.matcher.match(events)
+    def _find(self, events: Sequence[Event]) -> tuple[Bands, np.ndarray]:
+        found = self.finder.match(events)
         self.stats["documents"] += found.ev.size
         # bytes per event: its time, a document's event and head, a pair, an event named
         cost = np.full(len(events), 8.0)
         cost[found.ev] += 16
-        np.add.at(cost, found.ev[found.new - found.doc0] if found.new.size else _I64, 24)
+        np.add.at(cost, found.ev[found.new - found.doc0], 24)
         named = found.seqs - found.doc0
         np.add.at(cost, found.ev[named[named >= 0]], 120)
-        if len(events):
-            cost[0] += 120 * int((named < 0).sum())  # earlier documents named here: in every piece
-        self._emit(found, cost)
-        return []
+        cost[0] += 120 * int((named < 0).sum())  # earlier documents named here: in every piece
+        return found, cost
 
     def _empty(self) -> Bands:
-        return Bands.empty(self.matcher.next)
-
-    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
-        head, arrays = self.matcher.state()
-        return {"matcher": head, **self._counters()}, arrays
-
-    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        self.matcher.load(state["matcher"], arrays)
-        self._load_counters(state)
+        return Bands.empty(self.finder.next)

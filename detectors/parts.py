@@ -24,9 +24,12 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from detectors.base import Alert, Detector, P
+from detectors.events import Event
 from sketches.errors import CoordwatchError
 from sketches.protocol import pack, unpack
 
@@ -83,32 +86,49 @@ class Segment(Generic[T]):
         return cls(head["seq"], head["start"], times.astype(np.float64), payload.from_bytes(body.tobytes()), horizon)
 
 
+class Finder(Protocol):
+    """The state a part keeps to find its piece of the work (co_action's ``ObjectActions``,
+    near_duplicate's ``BandMatcher``)."""
+
+    def state(self) -> tuple[dict[str, Any], list[np.ndarray]]: ...
+
+    def load(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None: ...
+
+
 class PartDetector(Detector[P], Generic[P, T]):
     """Part ``shard = (s, n)`` of a split detector as a detector of its own: it alerts
     nothing, and hands every batch's findings and every advance to :attr:`outbox` for the
     merge to take (the caller sends and clears it)."""
 
     SPLITS = True
-    LABEL: ClassVar[str]  # what its parts split by, in a work unit's name: co_action.objects.0
+    LABEL: ClassVar[str]  # what its parts split by, in a work unit's name (co_action.objects.0) and its state
+    FINDER: ClassVar[Callable[[Any, tuple[int, int]], Finder]]  # the part's state, of (params, shard)
 
     def __init__(self, params: P, shard: tuple[int, int]) -> None:
         super().__init__(params, shard)
+        self.finder = self.FINDER(params, shard)
         self.count = 0  # events handed on
         self.seq = 0  # segments handed on
         self.outbox: list[Segment[T]] = []
 
     @abstractmethod
+    def _find(self, events: Sequence[Event]) -> tuple[T, np.ndarray]:
+        """A batch's findings, and about how many bytes each event adds to them."""
+
+    @abstractmethod
     def _empty(self) -> T:
         """The payload of an advance (no events)."""
 
-    def _emit(self, payload: T, cost: np.ndarray) -> None:
-        """Hand on a batch's findings (``cost``: about how many bytes each event adds),
-        cut into segments of about SEGMENT_BYTES: a batch may hold hours of a backlog."""
+    def _process(self, events: Sequence[Event]) -> list[Alert]:
+        """Hand on a batch's findings, cut into segments of about SEGMENT_BYTES: a batch may
+        hold hours of a backlog."""
+        payload, cost = self._find(events)
         piece = np.floor((np.cumsum(cost) - cost) / SEGMENT_BYTES)
         cuts = [0, *(np.flatnonzero(np.diff(piece)) + 1).tolist(), cost.size]
         for lo, hi in zip(cuts, cuts[1:]):
             self._out(self.count + lo, self.times[lo:hi], payload.cut(lo, hi), -math.inf)
         self.count += cost.size
+        return []
 
     def _advance(self, watermark: float) -> list[Alert]:
         self._out(self.count, np.empty(0), self._empty(), watermark)
@@ -118,10 +138,12 @@ class PartDetector(Detector[P], Generic[P, T]):
         self.outbox.append(Segment(self.seq, start, times, payload, horizon))
         self.seq += 1
 
-    def _counters(self) -> dict[str, int]:
-        return {"count": self.count, "seq": self.seq}
+    def _state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        head, arrays = self.finder.state()
+        return {self.LABEL: head, "count": self.count, "seq": self.seq}, arrays
 
-    def _load_counters(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        self.finder.load(state[self.LABEL], arrays)
         self.count, self.seq = state["count"], state["seq"]
 
 
