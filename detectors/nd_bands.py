@@ -44,6 +44,12 @@ _TRIM = 4096  # the document store drops expired entries in blocks of at least t
 _INITIAL_CAPACITY = 1024  # signature ring (documents), doubled when a batch does not fit
 _ACTION, _TEXT, _TS = (itemgetter(Event._fields.index(f)) for f in ("action", "text", "ts"))  # faster than attributes
 _I64 = np.empty(0, dtype=np.int64)
+_NAMED_BYTES = 256  # a named event in a segment beside its text (JSON: account, id, time), at most about
+
+
+def _slim(e: Event) -> Event:
+    """What clustering needs of a document's event (its account, id, text and time)."""
+    return Event(e.ts, e.account_id, e.action, e.event_id, e.text, (), None, (), {})
 
 
 def lsh_shape(p: NearDuplicateParams) -> tuple[int, int]:
@@ -89,14 +95,18 @@ class Bands:
 
     def cut(self, lo: int, hi: int) -> Bands:
         """The documents of the batch's events ``lo`` to ``hi`` (``ev`` counted from ``lo``),
-        their pairs, and the events named up to their last."""
+        their pairs, and the events named among them; the first cut (``lo = 0``) also names
+        the earlier documents. A segment's cuts are taken in order (:mod:`detectors.parts`),
+        so each document is named before a pair needs it, and once."""
         a, b = (int(x) for x in np.searchsorted(self.ev, [lo, hi]))
         d0, d1 = self.doc0 + a, self.doc0 + b
         p, q = (int(x) for x in np.searchsorted(self.new, [d0, d1]))
-        k = int(np.searchsorted(self.seqs, d1))
+        k0, k1 = (int(x) for x in np.searchsorted(self.seqs, [d0, d1]))
+        if lo == 0:
+            k0 = 0
         s0, s1 = (int(x) for x in np.searchsorted(self.short, [lo, hi]))
         return Bands(self.ev[a:b] - lo, d0, self.heads[a:b], self.new[p:q], self.old[p:q], self.agree[p:q],
-                     self.seqs[:k], self.events[:k], self.short[s0:s1] - lo)  # fmt: skip
+                     self.seqs[k0:k1], self.events[k0:k1], self.short[s0:s1] - lo)  # fmt: skip
 
     @classmethod
     def union(cls, parts: Sequence[Bands]) -> Bands:
@@ -205,7 +215,7 @@ class BandMatcher:
         seqs = np.unique(np.concatenate((new, old)))
         seqs = seqs[~self._sent[seqs % self._sent.size]]
         self._sent[seqs % self._sent.size] = True
-        named = [self._ev[s - self._base] for s in seqs.tolist()]
+        named = [_slim(self._ev[s - self._base]) for s in seqs.tolist()]
         self._trim()
         return Bands(where, first, heads, new, old, agree, seqs, named, short)
 
@@ -333,13 +343,15 @@ class NearDuplicatePart(PartDetector[NearDuplicateParams, Bands]):
     def _find(self, events: Sequence[Event]) -> tuple[Bands, np.ndarray]:
         found = self.finder.match(events)
         self.stats["documents"] += found.ev.size
-        # bytes per event: its time, a document's event and head, a pair, an event named
+        # bytes per event, at most: its time, a document's event and head, a pair, an event named
         cost = np.full(len(events), 8.0)
         cost[found.ev] += 16
         np.add.at(cost, found.ev[found.new - found.doc0], 24)
         named = found.seqs - found.doc0
-        np.add.at(cost, found.ev[named[named >= 0]], 120)
-        cost[0] += 120 * int((named < 0).sum())  # earlier documents named here: in every piece
+        size = np.fromiter((_NAMED_BYTES + 4 * len(e.text) for e in found.events), np.float64,  # type: ignore[arg-type]
+                           len(found.events))  # fmt: skip
+        np.add.at(cost, found.ev[named[named >= 0]], size[named >= 0])
+        cost[0] += size[named < 0].sum()  # earlier documents named here: in every piece
         return found, cost
 
     def _empty(self) -> Bands:

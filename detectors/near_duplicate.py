@@ -628,12 +628,12 @@ class NearDuplicateDetector(Detector[NearDuplicateParams]):
         """Approximate memory: the band matching (index, signatures, shingles, documents), the
         documents of pairs, clusters and the repeat memory."""
         lo = self._head - self._base
-        store = sum(map(sys.getsizeof, (self._ev, self._clu)))
-        if self._matcher is not None:  # the events of pairs are the matcher's too
+        named = [e for e in self._ev[lo:] if e is not None]
+        store = sum(map(sys.getsizeof, (self._ev, self._clu))) + sum(map(sys.getsizeof, named))
+        if self._matcher is not None:  # the strings of named events are the matcher's too
             store += self._matcher.nbytes
         else:
-            store += sum(sys.getsizeof(e) + sys.getsizeof(e.account_id) + sys.getsizeof(e.event_id)
-                         + sys.getsizeof(e.text) for e in self._ev[lo:] if e is not None)  # fmt: skip
+            store += sum(sys.getsizeof(e.account_id) + sys.getsizeof(e.event_id) + sys.getsizeof(e.text) for e in named)
         clusters = {id(c): c for c in self._clu[lo:] if c is not None}
         clusters.update((id(c), c) for c in map(_resolve, (rec[2] for rec in self._seen.values())))  # expired ones too
         per_cluster = sum(

@@ -332,3 +332,15 @@ def test_each_band_part_finds_only_some_pairs_and_their_union_is_all():
 def test_a_part_for_more_parts_than_bands_is_refused():
     with pytest.raises(ValueError, match="10 LSH bands"):
         NearDuplicatePart(NearDuplicateParams(), (0, 11))
+
+
+def test_a_band_parts_segments_stay_near_their_size_in_a_copy_paste_storm():
+    """3000 long copies in one batch, every one in pairs: the part cuts its output into
+    several segments, none much above SEGMENT_BYTES (a worker sends each as one message)."""
+    long_text = " ".join([TEMPLATE] * 8)
+    storm = wave(long_text, [f"s{k}" for k in range(3000)], 1000, 60, seed=4)
+    part = NearDuplicatePart(NearDuplicateParams(), (0, 2))
+    part.process(storm)
+    sizes = [len(seg.to_bytes()) for seg in part.outbox]
+    assert len(sizes) >= 3 and max(sizes) <= parts.SEGMENT_BYTES + 16_384
+    assert sum(seg.payload.ev.size for seg in part.outbox) == len(storm)
