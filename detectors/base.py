@@ -184,24 +184,6 @@ class Detector(ABC, Generic[P]):
         self.watermark = newest
         return alerts
 
-    def process_parts(self, times: np.ndarray, found: Sequence[Any]) -> list[Alert]:
-        """A batch of events (their times, in sequence order) whose split-off work the parts of
-        a split detector did elsewhere (``detectors.parts``; one finding per part, in part
-        order, event positions counted from the batch's first event): what :meth:`process`
-        does with the events. The parts saw the events late ones dropped already."""
-        if not times.size:
-            return []
-        self.marks = np.maximum.accumulate(np.maximum(times, self.watermark))
-        self.times = times
-        self.stats["events"] += times.size
-        alerts = self._take(found)
-        self.watermark = float(self.marks[-1])
-        return alerts
-
-    def _take(self, found: Sequence[Any]) -> list[Alert]:
-        """A split detector's handling of its parts' findings for the batch of :attr:`marks`."""
-        raise NotImplementedError(f"{self.NAME} does not split into parts")
-
     def begin(self, t: float) -> None:
         """The stream's first event is at ``t``, before any of ``process``: a shard may get its
         own first event later, and a detector whose warm-up counts from the first event

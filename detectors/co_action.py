@@ -128,12 +128,12 @@ import networkx as nx
 import numpy as np
 
 from detectors.alert_graph import AlertGraph
-from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
+from detectors.base import WHOLE, Alert, Shard, stable_id
 from detectors.co_objects import Actions, ObjectActions
 from detectors.co_weights import Counting, Links, Weights, fast_weights
 from detectors.events import Event
 from detectors.params import CoActionParams
-from detectors.parts import PartsMerge
+from detectors.parts import MergingDetector, PartsMerge
 from sketches.errors import CoordwatchError
 from sketches.hashing import hash_u64
 
@@ -496,7 +496,7 @@ class _Pairs:
         return self.select(lambda c: np.ones(len(c["seen"]), dtype=bool))
 
 
-class CoActionDetector(Detector[CoActionParams]):
+class CoActionDetector(MergingDetector[CoActionParams]):
     """co_action (module docstring); ``parts = n`` reads its objects in ``n`` object parts
     (:mod:`detectors.co_objects`) whose actions it merges: the same alerts as one part. With
     ``local = False`` the parts run elsewhere (:class:`CoActionParts`) and their actions come

@@ -154,11 +154,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import WHOLE, Alert, Detector, Shard, stable_id
+from detectors.base import WHOLE, Alert, Shard, stable_id
 from detectors.events import Event
 from detectors.nd_bands import Bands, BandMatcher
 from detectors.params import NearDuplicateParams
-from detectors.parts import PartsMerge
+from detectors.parts import MergingDetector, PartsMerge
 from sketches.errors import CoordwatchError
 from sketches.hashing import hash_string
 from sketches.shingling import normalize
@@ -228,7 +228,7 @@ def _drop(counts: Counter[str], key: str) -> int:
     return n
 
 
-class NearDuplicateDetector(Detector[NearDuplicateParams]):
+class NearDuplicateDetector(MergingDetector[NearDuplicateParams]):
     NAME: ClassVar[str] = "near_duplicate"
     STATE_VERSION: ClassVar[int] = 3
 

@@ -147,20 +147,44 @@ class PartDetector(Detector[P], Generic[P, T]):
         self.count, self.seq = state["count"], state["seq"]
 
 
+class MergingDetector(Detector[P]):
+    """A split detector proper: besides ``process``, it takes what its parts found elsewhere
+    (:meth:`process_parts`, driven by a :class:`PartsMerge`)."""
+
+    def process_parts(self, times: np.ndarray, found: Sequence[Any]) -> list[Alert]:
+        """A batch of events (their times, in sequence order) whose split-off work the parts
+        did elsewhere (one finding per part, in part order, event positions counted from the
+        batch's first event): what :meth:`process` does with the events. The parts saw the
+        events with the late ones dropped already."""
+        if not times.size:
+            return []
+        self.marks = np.maximum.accumulate(np.maximum(times, self.watermark))
+        self.times = times
+        self.stats["events"] += times.size
+        alerts = self._take(found)
+        self.watermark = float(self.marks[-1])
+        return alerts
+
+    @abstractmethod
+    def _take(self, found: Sequence[Any]) -> list[Alert]:
+        """The parts' findings for the batch of :attr:`marks` (``_process`` runs its own parts
+        in-process and hands their findings here too)."""
+
+
 class PartsMerge(Generic[T]):
     """A split detector whose ``parts`` parts run elsewhere, merged here.
 
     :meth:`offer` takes the parts' segments in any interleaving (each part's in order; one
     taken before is dropped: a part resumed from an older snapshot sends it again), runs the
     detector over the stretch of events every part has sent (cut where the shortest part's
-    segment ends: ``Detector.process_parts``), and advances it to a part's horizon once the
+    segment ends: :meth:`MergingDetector.process_parts`), and advances it to a part's horizon once the
     events before that are in.
     So it finds the whole's alerts (tested against one detector, per split detector)."""
 
     KIND: ClassVar[str]  # its state's kind
     PAYLOAD: ClassVar[type]  # its parts' payload class
 
-    def __init__(self, detector: Detector[Any], parts: int) -> None:
+    def __init__(self, detector: MergingDetector[Any], parts: int) -> None:
         self.detector = detector
         self.queues: list[list[Segment[T]]] = [[] for _ in range(parts)]
         self.expect = [0] * parts  # the next segment of each part
@@ -168,7 +192,7 @@ class PartsMerge(Generic[T]):
         self.horizon = -math.inf  # advanced to
 
     @abstractmethod
-    def _restore(self, data: bytes) -> Detector[Any]:
+    def _restore(self, data: bytes) -> MergingDetector[Any]:
         """The detector of its snapshot bytes."""
 
     def segment(self, data: bytes) -> Segment[T]:
