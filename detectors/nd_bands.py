@@ -40,7 +40,7 @@ from sketches.protocol import pack, unpack
 from sketches.ring import grow_ring
 from sketches.shingling import shingle_batch
 
-_TRIM = 4096  # the document store drops expired entries in blocks of at least this many
+TRIM = 4096  # document stores drop expired entries in blocks of at least this many
 _INITIAL_CAPACITY = 1024  # signature ring (documents), doubled when a batch does not fit
 _ACTION, _TEXT, _TS = (itemgetter(Event._fields.index(f)) for f in ("action", "text", "ts"))  # faster than attributes
 _I64 = np.empty(0, dtype=np.int64)
@@ -279,7 +279,7 @@ class BandMatcher:
         """Drop expired documents from the store in blocks; shingles of expired batches."""
         head = self.head
         k = head - self._base
-        if k >= _TRIM and 2 * k >= len(self._ev):
+        if k >= TRIM and 2 * k >= len(self._ev):
             del self._ev[:k]
             self._base = head
         chunks = self._shingles

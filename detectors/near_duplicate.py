@@ -156,7 +156,7 @@ import numpy as np
 
 from detectors.base import WHOLE, Alert, Shard, stable_id
 from detectors.events import Event
-from detectors.nd_bands import Bands, BandMatcher
+from detectors.nd_bands import TRIM, Bands, BandMatcher
 from detectors.params import NearDuplicateParams
 from detectors.parts import MergingDetector, PartsMerge
 from sketches.errors import CoordwatchError
@@ -164,7 +164,6 @@ from sketches.hashing import hash_string
 from sketches.shingling import normalize
 
 _TEXT_CHARS = 200  # sample texts are cut to this many characters (as burst's sample posts)
-_TRIM = 4096  # the document store drops expired entries in blocks of at least this many
 
 Sample = tuple[int, str, float, str, str]  # (seq, account, ts, event_id, text)
 
@@ -589,7 +588,7 @@ class NearDuplicateDetector(MergingDetector[NearDuplicateParams]):
     def _trim(self) -> None:
         """Drop expired documents from the store in blocks."""
         k = self._head - self._base
-        if k >= _TRIM and 2 * k >= len(self._clu):
+        if k >= TRIM and 2 * k >= len(self._clu):
             del self._ev[:k]
             del self._clu[:k]
             self._base = self._head
