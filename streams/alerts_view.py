@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from streams.broker import BrokerError, kafka_python_settings
+from streams.broker import BrokerError, end_offsets, kafka_python_settings
 from streams.config import Config
 
 COLUMNS = (
@@ -58,15 +58,10 @@ def read_alerts(
             raise BrokerError(f"no topic {topic!r} on the broker (no worker has run yet?)")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        if from_beginning or not follow:
-            for tp, start in consumer.beginning_offsets(tps).items():
-                consumer.seek(tp, start)
-        else:  # Tansu 0.6 puts the end of a multi-record batch at its base + 1: read past it
-            for tp in tps:
-                consumer.seek(tp, max(ends[tp] - 1, 0))
-            while consumer.poll(timeout_ms=300):
-                pass
+        ends = end_offsets(consumer, tps)
+        starts = consumer.beginning_offsets(tps) if from_beginning or not follow else ends
+        for tp, start in starts.items():
+            consumer.seek(tp, start)
         seen: set[str] = set()
         last_new = time.monotonic()
         while True:

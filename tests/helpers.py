@@ -54,12 +54,14 @@ def read_topic(port: int, topic: str) -> list[Any]:
     """Every record on ``topic`` of the broker at 127.0.0.1:``port``, by partition then offset."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streams.broker import end_offsets
+
     consumer = KafkaConsumer(bootstrap_servers=[f"127.0.0.1:{port}"], group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
+        ends = end_offsets(consumer, tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
         records: list[Any] = []
         deadline = time.monotonic() + 20
         while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:

@@ -177,6 +177,26 @@ def alert(group: str, kind: str, score: float, revision: int = 0) -> Alert:
                  ("https://example.org/x",), {}, {}, 1_700_000_060.0)  # fmt: skip
 
 
+def test_alerts_view_and_topic_reads_get_all_of_a_last_batch_of_many_records(broker):
+    """Tansu 0.6 puts the end of a partition whose last write was a multi-record batch at that
+    batch's base offset + 1: a reader stopping there stopped after its first poll (500 records)."""
+    topic = fresh("alerts")
+    c = config_for(broker, f'topics.alerts="{topic}"')
+    ensure_topics(c, [topic], partitions=1)
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], linger_ms=500, batch_size=4 << 20)
+    for i in range(3):  # two one-record batches, then one of 1200
+        producer.send(topic, value=alert(f"a{i}", "burst", 0.5).to_json()).get(timeout=10)
+    for i in range(1200):
+        producer.send(topic, value=alert(f"g{i}", "burst", 0.5).to_json())
+    producer.flush()
+    producer.close()
+
+    assert len(read_records(broker.port, topic)) == 1203
+    lines: list[str] = []
+    assert show(c, lines.append, as_json=True) == 1203
+    assert len({orjson.loads(x)["group_id"] for x in lines}) == 1203
+
+
 def test_alerts_view_filters_dedupes_and_prints(broker, tmp_path):
     topic = fresh("alerts")
     c = config_for(broker, f'topics.alerts="{topic}"')
