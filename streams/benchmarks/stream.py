@@ -27,7 +27,9 @@ events/s of event time: ~1 M events in 24 h; the first 100 k with ``--quick``) p
   The metrics are scraped every ``METRICS_POLL_S``, and every ``POLL_S`` in the last
   stretch before the count is reached: a scrape costs the worker GIL time.
   Best of a few.
-  ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines.
+  ``stream_vs_raw`` and ``stream_vs_loop`` are its ratios to the two baselines;
+  ``stream_vs_loop_per_core`` compares events per CPU second of the worker and of the loop
+  (below 1: what Faust, the work topic and the threads cost the worker beyond the loop's work).
 * **single-event input** (``single_vs_raw_single``, ``single_vs_envelopes``): the same worker
   on a stream of one message per event, beside the raw consume of those messages and beside
   the worker on envelopes.
@@ -642,6 +644,10 @@ async def _run(quick: bool, workers: int, events: int | None, repeat: int | None
                             key="worker_startup_s"))
             rows.append(Row("  1 worker beside the plain loop", one.events_per_s, "events/s",
                             "plain getmany loop (same run)", loop_eps, key="stream_vs_loop", figure="ratio"))
+            # per CPU second: what the worker spends beyond the loop's work, whether it also waits or not
+            rows.append(Row("  the same per CPU second (the worker's against the loop's)", one.events_per_worker_core_s,
+                            "events/s", "plain getmany loop (same run)", loop["events"] / loop["cpu_s"],
+                            key="stream_vs_loop_per_core", figure="ratio"))
             for name, cores in one.cpu.items():
                 rows.append(Row(f"  CPU during that run: {name}", cores, "cores"))
 
