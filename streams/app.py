@@ -273,14 +273,7 @@ class Runner:
                      time.perf_counter() - t0)  # fmt: skip
         await stage.restored(snap)
         self.stages[tp] = stage
-        self._count_readers()
         return stage
-
-    def _count_readers(self) -> None:
-        """How many parses of a frame this worker asks for: its stages that parse frames, and
-        ingest if it parses to route (set here, on the loop: the cache runs on the stages' thread)."""
-        stages = sum(isinstance(st, DetectStage) and st.unit.parses for st in self.stages.values())
-        self.parse.readers = stages + self.framer.parses
 
     async def revoked(self, tps: set[TP]) -> None:
         """Drop the stages of revoked partitions: their new owner resumes from the last snapshot."""
@@ -293,7 +286,6 @@ class Runner:
                     for gauge in (STATE_BYTES, SNAPSHOT_SECONDS, HELD, MERGE_WAITING):
                         with contextlib.suppress(KeyError):
                             gauge.remove(stage.name)
-            self._count_readers()
 
     async def checkpoint(self) -> None:
         """Snapshot each stage with new input, then ack the input it covers (Faust commits it)."""

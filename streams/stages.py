@@ -117,11 +117,6 @@ class Unit(NamedTuple):
         """Ingest sends it frames (the merge gets the parts' output instead)."""
         return self.role != "merge"
 
-    @property
-    def parses(self) -> bool:
-        """It parses the frames itself (a shard gets its events parsed by ingest)."""
-        return self.framed and not self.sharded
-
 
 def work_units(config: Config) -> list[Unit]:
     """The enabled detectors in work-partition order, a split one as its shards (or parts,
@@ -277,40 +272,30 @@ Parse = Callable[[tuple[str, int], list[int], list[bytes]], Parsed]
 
 
 class ParseCache:
-    """The parse of the last frames: the detect stages of whole detectors and parts get a copy
-    of each frame (and ingest parses it too when it routes events to shards); those on one
-    worker parse it once (one worker, 300 k events in 100-event envelopes: parsing was 42 %
-    of its CPU with three parses). A parse is kept until all of the worker's ``readers`` have
-    taken it (the :class:`~streams.app.Runner` sets how many as its stages come and go), or
-    dropped oldest first beyond ``MAX_BYTES`` of frames, as the stages read their partitions at
-    their own pace. (Kept in recency order instead, the parses every stage had taken filled it:
-    1 M events, one worker, 54 parses of 37 frames read three times each.)"""
+    """The parse of the last frames: the detect stages of whole detectors get a copy of each
+    frame (and ingest parses it too when it routes events to shards); those on one worker
+    parse it once (one worker, 300 k events in 100-event envelopes: parsing was 42 %
+    of its CPU with three parses). Bounded by the frames' bytes, as the stages on one worker
+    read their partitions at their own pace."""
 
     MAX_BYTES = 48 << 20
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.readers = 1  # the parses of one frame this worker asks for
-        self._done: OrderedDict[tuple[Any, ...], tuple[Parsed, int, int]] = OrderedDict()  # parse, bytes, taken
+        self._done: OrderedDict[tuple[Any, ...], tuple[Parsed, int]] = OrderedDict()
         self._bytes = 0
 
     def __call__(self, src: tuple[str, int], offsets: list[int], values: list[bytes]) -> Parsed:
         key = (src, offsets[0], offsets[-1], len(offsets))
         if (hit := self._done.get(key)) is not None:
-            parsed, size, taken = hit
-            if taken + 1 >= self.readers:
-                del self._done[key]
-                self._bytes -= size
-            else:
-                self._done[key] = (parsed, size, taken + 1)
-            return parsed
+            self._done.move_to_end(key)
+            return hit[0]
         parsed = parse_with_origins(values, self.max_bytes)
-        if self.readers > 1:
-            size = sum(map(len, values))
-            self._done[key] = (parsed, size, 1)
-            self._bytes += size
-            while self._bytes > self.MAX_BYTES and len(self._done) > 1:
-                self._bytes -= self._done.popitem(last=False)[1][1]
+        size = sum(map(len, values))
+        self._done[key] = (parsed, size)
+        self._bytes += size
+        while self._bytes > self.MAX_BYTES and len(self._done) > 1:
+            self._bytes -= self._done.popitem(last=False)[1][1]
         return parsed
 
 

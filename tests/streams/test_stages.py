@@ -63,38 +63,6 @@ def test_chunks_cover_the_run_in_order_within_the_limit(sizes: list[int], limit:
         assert sum(sizes[lo:hi]) <= limit or hi - lo == 1  # only a value alone may pass the limit
 
 
-def test_the_parse_cache_parses_a_frame_once_for_all_its_readers_while_one_lags() -> None:
-    """Three stages read each frame; two run ahead of the third. Kept in recency order, the
-    laggard's reads made the parses every stage had taken the newest and dropped those it
-    still had to read (one worker, 1 M events: 54 parses of 37 frames)."""
-    frames = [[orjson.dumps({"event_id": f"e{f:02d}{i}", "ts": 1.0e9 + f, "account_id": "a", "action": "post"})
-               for i in range(10)] for f in range(8)]  # fmt: skip
-    size = sum(map(len, frames[0]))
-    assert all(sum(map(len, v)) == size for v in frames)
-    cache = ParseCache(1 << 20)
-    cache.MAX_BYTES = 5 * size  # room for five frames' parses
-    cache.readers = 3
-    got: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
-
-    def read(stage: str, f: int) -> None:
-        got[stage].append(cache(("t", 0), list(range(10 * f, 10 * f + 10)), frames[f]))
-
-    for f in range(4):
-        read("a", f), read("b", f)
-    read("c", 0)
-    for f in range(4, 6):
-        read("a", f), read("b", f)
-    for f in range(1, 6):
-        read("c", f)
-    assert [len(v) for v in got.values()] == [6, 6, 6]
-    assert all(x is y is z for x, y, z in zip(got["a"], got["b"], got["c"])), "a frame was parsed again"
-    assert got["a"][5][0] == parse_messages(frames[5])[0]
-    assert cache._bytes == 0 and not cache._done, "a parse every reader took is still held"
-    cache.readers = 1  # a stage alone: nothing to keep
-    read("a", 6)
-    assert not cache._done
-
-
 # -- the stages, driven as the worker drives them, without a broker -----------------------
 class Msg(NamedTuple):
     """What the stages read of a Faust message."""
