@@ -88,8 +88,9 @@ QUIET_S = 1.5  # "alerts stopped growing": nothing new on the alerts topic for t
 SHORT_S = 60.0
 POLL_S = 0.05  # the alerts topic's end offsets (the broker answers: free for the workers)
 #: the workers' metrics endpoints, except in the last stretch before the events count is
-#: reached (then every POLL_S, so the end is as sharp): a scrape costs a worker ~2.5 ms of
-#: its GIL, and scraping every POLL_S took ~8 % of a lone worker's time (py-spy)
+#: reached (then every POLL_S, so the end is as sharp): a scrape costs a worker a few ms of
+#: its GIL (py-spy: ~6 % of a lone worker's samples when scraped every POLL_S; its events/s
+#: changed less than the spread between runs)
 METRICS_POLL_S = 0.5
 REPO = Path(__file__).resolve().parents[2]
 
