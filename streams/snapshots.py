@@ -122,7 +122,8 @@ class SnapshotStore:
 
     async def _end(self, tp: TopicPartition) -> int:
         """The end offset, confirmed by reading: Tansu 0.6 reports the end of a partition
-        whose last write was a multi-record batch as that batch's base offset + 1."""
+        whose last write was a multi-record batch as that batch's base offset + 1 (the
+        aiokafka side of :func:`streams.broker.end_offsets`)."""
         end = (await self.reader.end_offsets([tp]))[tp]
         if end:
             self.reader.seek(tp, end - 1)

@@ -184,7 +184,7 @@ def test_alerts_view_and_topic_reads_get_all_of_a_last_batch_of_many_records(bro
     c = config_for(broker, f'topics.alerts="{topic}"')
     ensure_topics(c, [topic], partitions=1)
     producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], linger_ms=500, batch_size=4 << 20)
-    for i in range(3):  # two one-record batches, then one of 1200
+    for i in range(3):  # three one-record batches, then one of 1200
         producer.send(topic, value=alert(f"a{i}", "burst", 0.5).to_json()).get(timeout=10)
     for i in range(1200):
         producer.send(topic, value=alert(f"g{i}", "burst", 0.5).to_json())
