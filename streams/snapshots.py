@@ -22,6 +22,9 @@ from streams.config import Config
 
 CHUNK_BYTES = 512 * 1024
 SNAPSHOT_VERSION = 3
+#: the store reader's fetch long poll: it reads only while it loads, and a fetch in flight holds
+#: the reader's later requests on that connection behind it (see :class:`SnapshotStore`)
+READ_WAIT_MS = 20
 
 
 def snapshot_topic(config: Config, stage: str) -> str:
@@ -60,7 +63,14 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """A stage's snapshots on its own single-partition topic, read back from the tail."""
+    """A stage's snapshots on its own single-partition topic, read back from the tail.
+
+    Its reader holds an assignment only while it reads (:meth:`load`,
+    :meth:`alert_ids_since`): an assigned consumer keeps a fetch in flight, a long poll of
+    ``fetch_max_wait_ms``, and the broker answers a connection's requests in order, so the
+    end-offsets query each link snapshot makes under the runner's lock waited behind it
+    (Tansu, aiokafka's default 500 ms: 0.5 s a query, 1.0 s the first, every detect stage
+    held up meanwhile)."""
 
     def __init__(self, config: Config, stage: str, app: faust.App) -> None:
         self.config = config
@@ -73,7 +83,7 @@ class SnapshotStore:
     async def start(self) -> None:
         self.reader = AIOKafkaConsumer(
             group_id=None, enable_auto_commit=False, client_id=self.client_id,
-            fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_max_wait_ms=READ_WAIT_MS,
             **aiokafka_settings(self.config.kafka),
         )  # fmt: skip
         await self.reader.start()
@@ -109,25 +119,30 @@ class SnapshotStore:
         """The newest complete snapshot (a torn write at the tail is stepped over)."""
         tp = TopicPartition(self.topic, 0)
         self.reader.assign([tp])
-        last = await self._end(tp) - 1
-        while last >= 0:
-            (tail,) = await self._read(tp, last, 1)
-            i, n = _chunk(tail)
-            if i == n - 1 and last - i >= 0:
-                msgs = await self._read(tp, last - i, n)
-                if [_chunk(m) for m in msgs] == [(k, n) for k in range(n)] and len({m.key for m in msgs}) == 1:
-                    return Snapshot.from_bytes(b"".join(m.value or b"" for m in msgs))
-            last -= i + 1
-        return None
+        try:
+            last = await self._end(tp) - 1
+            while last >= 0:
+                (tail,) = await self._read(tp, last, 1)
+                i, n = _chunk(tail)
+                if i == n - 1 and last - i >= 0:
+                    msgs = await self._read(tp, last - i, n)
+                    if [_chunk(m) for m in msgs] == [(k, n) for k in range(n)] and len({m.key for m in msgs}) == 1:
+                        return Snapshot.from_bytes(b"".join(m.value or b"" for m in msgs))
+                last -= i + 1
+            return None
+        finally:
+            self.reader.unsubscribe()
 
     async def _end(self, tp: TopicPartition) -> int:
-        """The end offset, confirmed by reading: Tansu 0.6 reports the end of a partition
-        whose last write was a multi-record batch as that batch's base offset + 1 (the
-        aiokafka side of :func:`streams.broker.end_offsets`)."""
+        """The end offset, confirmed by reading up to the high watermark of a fetch: Tansu
+        0.6 reports the end of a partition whose last write was a multi-record batch as that
+        batch's base offset + 1 (the aiokafka side of :func:`streams.broker.end_offsets`)."""
         end = (await self.reader.end_offsets([tp]))[tp]
         if end:
             self.reader.seek(tp, end - 1)
-            while batch := await self.reader.getmany(tp, timeout_ms=300):
+            while (high := self.reader.highwater(tp)) is None or end < high:
+                if not (batch := await self.reader.getmany(tp, timeout_ms=10_000)):
+                    raise RuntimeError(f"{self.topic}: no message at offset {end - 1} within 10 s")
                 end = batch[tp][-1].offset + 1
         return end
 
@@ -153,14 +168,17 @@ class SnapshotStore:
         if not todo:
             return seen
         self.reader.assign(list(todo))
-        for tp, start in todo.items():
-            self.reader.seek(tp, start)
-        while todo:
-            for tp, msgs in (await self.reader.getmany(*todo, timeout_ms=10_000)).items():
-                seen.update(orjson.loads(m.value)["alert_id"] for m in msgs)
-                if msgs[-1].offset + 1 >= ends[tp]:
-                    todo.pop(tp, None)
-        return seen
+        try:
+            for tp, start in todo.items():
+                self.reader.seek(tp, start)
+            while todo:
+                for tp, msgs in (await self.reader.getmany(*todo, timeout_ms=10_000)).items():
+                    seen.update(orjson.loads(m.value)["alert_id"] for m in msgs)
+                    if msgs[-1].offset + 1 >= ends[tp]:
+                        todo.pop(tp, None)
+            return seen
+        finally:
+            self.reader.unsubscribe()
 
 
 def _chunk(msg: Any) -> tuple[int, int]:
