@@ -70,8 +70,8 @@ class KafkaParams(Section):
         description="a worker snapshots its pipeline (with input offsets) this often; a crash re-processes at most this span of input",
     )
     batch_messages: int = Field(
-        1000, ge=1, le=100_000,
-        description="ingest takes up to this many input messages at a time; frames are cut by bytes",
+        20_000, ge=1, le=100_000,
+        description="ingest takes up to this many input messages (and 16 MiB) at a time; frames are cut at 4 MiB",
     )
     batch_within_s: float = Field(
         0.2, gt=0, le=60, description="... or fewer: what arrived within this many seconds"

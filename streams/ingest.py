@@ -28,12 +28,16 @@ from aiokafka.errors import KafkaError
 
 from streams.broker import aiokafka_settings
 from streams.config import Config
-from streams.stages import max_message_bytes
+from streams.stages import FRAME_BYTES, max_message_bytes
 
 log = logging.getLogger(__name__)
 
 AIOKAFKA_FETCH_MAX_BYTES = 52428800  # aiokafka's default
 Records = dict[TopicPartition, list[Any]]  # aiokafka ConsumerRecords by partition, in offset order
+#: a take stops once it holds this many input bytes (and a fetch more at most): four frames'
+#: worth, so that ``kafka.batch_messages`` can be large enough for frames of small messages
+#: without a take of envelopes holding hundreds of MB
+TAKE_BYTES = 4 * FRAME_BYTES
 
 
 def ingest_group(config: Config) -> str:
@@ -78,20 +82,22 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.consumer.stop()
 
     async def take(self) -> Records:
-        """Up to ``kafka.batch_messages`` records, or what came within ``kafka.batch_within_s``."""
+        """Up to ``kafka.batch_messages`` records or :data:`TAKE_BYTES`, or what came
+        within ``kafka.batch_within_s``."""
         if self._started is None:
             self.start()
         await self._started  # type: ignore[misc]
         k = self.config.kafka
         deadline = time.monotonic() + k.batch_within_s
         out: Records = {}
-        n = 0
-        while n < k.batch_messages:
+        n = size = 0
+        while n < k.batch_messages and size < TAKE_BYTES:
             wait = deadline - time.monotonic()
             got = await self.consumer.getmany(timeout_ms=max(int(wait * 1000), 0), max_records=k.batch_messages - n)
             for tp, records in got.items():
                 out.setdefault(tp, []).extend(records)
                 n += len(records)
+                size += sum(len(r.value or b"") for r in records)
             if wait <= 0 or (not got and out):
                 break
         return out
