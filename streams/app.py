@@ -109,6 +109,9 @@ log = logging.getLogger(__name__)
 #: a frame already holds one (waiting for 100 frames held one worker at 40 k events/s, 60 %
 #: busy; 300 k events; 0.02 s: 60 k)
 STAGE_WITHIN_S = 0.005
+#: ... and takes at most this many work or link messages (``kafka.batch_messages`` if fewer):
+#: a batch holds the stages' lock, which a rebalance's revocation waits for
+STAGE_TAKE = 1000
 #: how often ingest reports each of its input partitions' high watermark to the detect stages
 #: (``streams.stages.DetectStage``: a partition with nothing new then holds back no tick)
 REPORT_EVERY_S = 1.0
@@ -391,7 +394,7 @@ def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]
             try:
                 runner.streams[kind] = stream
                 first = True
-                async for events in stream.noack_take(k.batch_messages, within=STAGE_WITHIN_S):
+                async for events in stream.noack_take(min(k.batch_messages, STAGE_TAKE), within=STAGE_WITHIN_S):
                     if first:
                         _first_input(kind)
                         first = False
