@@ -81,7 +81,17 @@ from detectors.pipeline import tune_gc
 from streams.broker import faust_settings
 from streams.config import Config
 from streams.ingest import InputReader, Records
-from streams.metrics import ALERTS, HELD, LAG, MERGE_WAITING, MESSAGES, OUT_OF_ORDER, SNAPSHOT_SECONDS, STATE_BYTES
+from streams.metrics import (
+    ALERTS,
+    HELD,
+    LAG,
+    MERGE_WAITING,
+    MESSAGES,
+    OUT_OF_ORDER,
+    SNAPSHOT_SECONDS,
+    STATE_BYTES,
+    STORED_BYTES,
+)
 from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_CODEC,
@@ -286,7 +296,7 @@ class Runner:
                 if stage is not None:
                     log.info("%s: partition %s revoked, state dropped", stage.name, tp)
                     await stage.store.stop()
-                    for gauge in (STATE_BYTES, SNAPSHOT_SECONDS, HELD, MERGE_WAITING):
+                    for gauge in (STATE_BYTES, STORED_BYTES, SNAPSHOT_SECONDS, HELD, MERGE_WAITING):
                         with contextlib.suppress(KeyError):
                             gauge.remove(stage.name)
 
@@ -318,7 +328,8 @@ class Runner:
         stream = self.streams[stage.KIND]
         for ev in covered:
             await stream.ack(ev)
-        STATE_BYTES.labels(stage.name).set(size)
+        STATE_BYTES.labels(stage.name).set(len(snap.state))
+        STORED_BYTES.labels(stage.name).set(size)
         SNAPSHOT_SECONDS.labels(stage.name).set(time.perf_counter() - t0)
         LAG.labels(tp.topic, str(tp.partition)).set(max(self.app.consumer.highwater(tp) - stage.next_offset, 0))
 

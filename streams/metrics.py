@@ -11,7 +11,9 @@ ALERTS = Counter("coordwatch_alerts", "alerts published", ["type"])
 SUPPRESSED = Counter("coordwatch_alerts_suppressed", "alerts not re-published after a restart (already on the topic)")
 OUT_OF_ORDER = Counter("coordwatch_out_of_order", "stage input skipped ahead of its next offset (re-read in order)")
 LAG = Gauge("coordwatch_lag", "messages behind the partition end", ["topic", "partition"])
-STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot, per stage", ["stage"])
+STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot's state, per stage", ["stage"])
+STORED_BYTES = Gauge("coordwatch_snapshot_stored_bytes", "size of the last snapshot on its topic (compressed), per stage",
+                     ["stage"])
 SNAPSHOT_SECONDS = Gauge("coordwatch_snapshot_seconds", "time the last snapshot took, per stage", ["stage"])
 WATERMARK = Gauge("coordwatch_event_time", "newest event time seen (unix seconds)")
 HELD = Gauge("coordwatch_partitions_holding", "input partitions that may still send older events, holding back "

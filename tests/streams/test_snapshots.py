@@ -1,13 +1,15 @@
-"""The snapshot store on the real embedded broker: the newest whole snapshot back, and the
-alerts topic's ends answered at once after the store has read."""
+"""Stage snapshots: their bytes, and the store on the real embedded broker (the newest whole
+snapshot back; the alerts topic's ends answered at once after the store has read)."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 import uuid
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -98,3 +100,19 @@ def test_alert_ends_answer_at_once_after_the_store_has_read(broker: EmbeddedBrok
         assert max(took) < 0.2, took
 
     asyncio.run(_with_store(broker, body))
+
+
+def test_snapshot_bytes_hold_the_state_compressed_and_version_3_still_loads() -> None:
+    state = np.arange(2_000_000, dtype=np.int64).tobytes()  # 16 MB of what compresses well
+    snap = Snapshot(state, {("ev", 3): 11}, {0: 5}, {"stage": "detect-burst"})
+    data = snap.to_bytes()
+    assert len(data) < len(state) / 4
+    back = Snapshot.from_bytes(data)
+    assert (back.state, back.offsets, back.alert_offsets, back.meta) == (state, snap.offsets, {0: 5}, snap.meta)
+    # the layout before compression: the same header at version 3, then the state as it is
+    head = orjson.dumps({"version": 3, "offsets": [["ev", 3, 11]], "alert_offsets": {"0": 5}, "stage": "detect-burst"})
+    old = Snapshot.from_bytes(struct.pack(">I", len(head)) + head + state)
+    assert (old.state, old.offsets, old.alert_offsets, old.meta) == (state, snap.offsets, {0: 5}, snap.meta)
+    head = orjson.dumps({"version": 2, "offsets": [], "alert_offsets": {}})
+    with pytest.raises(ValueError, match=r"snapshot version 2 \(this worker reads 3, 4\)"):
+        Snapshot.from_bytes(struct.pack(">I", len(head)) + head + state)
