@@ -28,11 +28,13 @@ Memory. The embedded broker keeps every message in RAM (no retention). Measured 
 alone (0.69 M events -> +108 MB, 3.46 M -> +535 MB), ~310 MB with the work topic's
 compressed copy per detector (0.69 M events: input +102 MB, after a worker took them in
 +112 MB; +320 MB before frames were compressed), and one set of
-stage snapshots per ``kafka.snapshot_interval_s``, together the whole detection state: 30 MB after 2 h of event
-time at the generator's density, 52 MB at 14:00, and the longest windows are 6 h. With
-the worker's default 30 s interval a 10-minute default run ended at 993 MB, 85 % of it
-snapshots; so the demo's worker snapshots only about :data:`SNAPSHOTS_PER_RUN` times a
-run (unless ``kafka.snapshot_interval_s`` is configured). :func:`plan_run` holds the
+stage snapshots per ``kafka.snapshot_interval_s``, together the whole detection state
+zstd-compressed (the state: 30 MB after 2 h of event time at the generator's density,
+52 MB at 14:00, and the longest windows are 6 h). A 10-minute default run at the worker's
+default 30 s interval ended at 520 MB, ~266 MB of it 21 snapshot sets (~13 MB a set; 993 MB
+before snapshots were compressed, 85 % of it snapshots). So the demo's worker snapshots
+about :data:`SNAPSHOTS_PER_RUN` times a run: every 30 s in the default run, less often in a
+longer one (unless ``kafka.snapshot_interval_s`` is configured). :func:`plan_run` holds the
 model (:data:`BROKER_BASE_MB`, :data:`BROKER_MB_PER_M_EVENTS`,
 :data:`BROKER_MB_PER_SNAPSHOT`). On a broker that may be the embedded one (started
 here, or answering at the embedded address) a run is cut to fit
@@ -82,24 +84,23 @@ from streams.worker import fetch_metrics
 
 #: events/s sent and minutes run by default: the generator's default day (24 h of event
 #: time, 691 k events, its 20 campaigns) in 9.6 minutes, about one alert a second, which
-#: a person can still read; the broker ends near 900 MB of its budget (see the docstring)
+#: a person can still read; the broker ends near 520 MB of its budget (see the docstring)
 DEFAULT_RATE = 1200.0
 DEFAULT_MINUTES = 10.0
 #: the embedded broker's memory a run may use
 BROKER_BUDGET_MB = 1536.0
 #: measured (see the module docstring): the idle broker with the demo's topics, growth
 #: per million input events (100-event envelopes, with the work topic's copy per detector),
-#: and per set of stage snapshots (the detection
-#: state at the generator's density: 30 MB after 2 h of event time, 52 MB at 14:00, at
-#: most ~60 MB: the longest windows are 6 h)
+#: and per set of stage snapshots (the detection state at the generator's density,
+#: compressed: ~13 MB a set measured over a default run, 15 with a margin)
 BROKER_BASE_MB = 40.0
 BROKER_MB_PER_M_EVENTS = 310.0
-BROKER_MB_PER_SNAPSHOT = 60.0
+BROKER_MB_PER_SNAPSHOT = 15.0
 #: unless kafka.snapshot_interval_s is configured, the demo's worker snapshots about
-#: SNAPSHOTS_PER_RUN times a run, every 2 to 10 minutes (the default 30 s would store
-#: 2 x ~60 MB a minute in the broker's RAM: measured, 85 % of all it held after 10 min)
-SNAPSHOTS_PER_RUN = 5
-SNAPSHOT_INTERVAL_RANGE_S = (120.0, 600.0)
+#: SNAPSHOTS_PER_RUN times a run, every 30 s (the worker's default, and the default run's)
+#: to 10 minutes
+SNAPSHOTS_PER_RUN = 20
+SNAPSHOT_INTERVAL_RANGE_S = (30.0, 600.0)
 #: events per hour of event time of the generator at its default density (24 h: 691 k)
 EVENTS_PER_HOUR = 28_800.0
 STATUS_EVERY_S = 5.0
