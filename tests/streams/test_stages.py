@@ -17,9 +17,11 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.events import parse_messages
+from detectors.events import parse_messages, parse_with_origins
 from detectors.pipeline import Pipeline
 from detectors.synthetic import SyntheticStream
+from streams import stages
+from streams.app import in_step
 from streams.config import Config, WorkParams
 from streams.stages import (
     FRAME_CODEC,
@@ -251,6 +253,40 @@ def test_the_link_stage_over_every_detector_publishes_what_replay_does(name: str
     want = [a.to_json() for a in pipe.process(events)]
     got = [v for _, _, v, _, _ in alerts]
     assert got == want and len(want) > 10
+
+
+def test_the_stages_of_a_worker_taken_in_step_parse_each_frame_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust hands one worker's stages their frames in runs (5-10 frames of one partition,
+    then another's). Ordered by when ingest sent each message (``streams.app.in_step``),
+    the three stages take each frame while their shared parse cache holds it, here two
+    frames, so it is parsed once; and each stage sends what it sends on its own."""
+    config = WHOLE
+    msgs, per_unit = routed(config, *work_log())
+    msgs = [m._replace(timestamp=float(i)) for i, m in enumerate(msgs)]  # frame i sent to all at i
+    frames = sum("source_topic" in dict(m.headers) for m in msgs)
+    parses = []
+    monkeypatch.setattr(stages, "parse_with_origins", lambda *a: parses.append(1) or parse_with_origins(*a))
+    monkeypatch.setattr(ParseCache, "MAX_BYTES", 2 * max(map(len, input_lines())) * 40)
+
+    def run(order: Callable[[list[Any]], list[Any]]) -> dict[int, list[Send]]:
+        cache = ParseCache(config.events.max_event_bytes)
+        units = [DetectStage(config, TP(work_topic(config), u), APP, cache, [("ev", 0)]) for u in range(3)]
+        # Faust's order: runs of 5 messages of each partition in turn
+        todo = [(units[u], m, per_unit[u][i]) for lo in range(0, len(msgs), 5) for u in range(3)
+                for i, m in enumerate(msgs[lo : lo + 5], start=lo)]  # fmt: skip
+        sent: dict[int, list[Send]] = {u: [] for u in range(3)}
+        for stage, m, v in order(todo):
+            out = stage.handle(m, v)
+            sent[stage.tp.partition] += out.sends + [(a.type, None, a.to_json(), None, None) for a in out.alerts]
+        return sent
+
+    alone = {u: detect_runs()[u] for u in range(3)}
+    parses.clear()
+    assert run(in_step) == alone
+    assert len(parses) == frames
+    parses.clear()
+    run(list)
+    assert len(parses) > 2.9 * frames  # in Faust's runs each stage parses nearly every frame again
 
 
 # -- input spread over partitions -----------------------------------------------------------
