@@ -30,9 +30,9 @@ def test_a_take_is_bounded_by_count_and_by_bytes(broker: EmbeddedBroker) -> None
         producer = AIOKafkaProducer(**aiokafka_settings(config.kafka), linger_ms=20, max_request_size=4 << 20)
         await producer.start()
         try:
-            for i in range(small):
+            for _ in range(small):
                 await producer.send(topic, b"s" * 100)
-            for i in range(large):
+            for _ in range(large):
                 await producer.send(topic, b"L" * (256 << 10))
             await producer.flush()
         finally:
