@@ -3,6 +3,7 @@ settings, ``coordwatch produce`` envelopes and the ``coordwatch alerts`` view.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -226,3 +227,22 @@ def test_alerts_view_filters_dedupes_and_prints(broker, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert sorted(orjson.loads(x)["group_id"] for x in run.stdout.splitlines()) == ["g1", "g3"]
+
+
+def test_fausts_consumer_long_polls_for_fetch_wait_ms_not_fausts_fixed_1500():
+    """The worker's Faust consumer is built through Faust's own code with its fetch long poll
+    replaced (``streams.app._ConsumerThread``): a Faust release that builds it elsewhere
+    fails here rather than silently bringing back the 1.5 s wait."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.app import FETCH_WAIT_MS, create_app  # the app imports Faust: only here
+
+    async def go() -> tuple[type, int]:
+        app, _ = create_app(Config(), "w1", [("ev", 0)])
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return type(consumer), consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(go()) == (AIOKafkaConsumer, FETCH_WAIT_MS)
