@@ -8,8 +8,10 @@ is ever read, so a real cluster may drop old ones (retention; Tansu keeps all).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +69,7 @@ class Snapshot:
         offsets = {(t, p): o for t, p, o in head.pop("offsets")}
         alert_offsets = {int(p): o for p, o in head.pop("alert_offsets").items()}
         state = data[4 + n :]
-        if version > 3:
+        if version > 3:  # compressed from version 4 on
             state = zstandard.ZstdDecompressor().decompress(state)
         return cls(state, offsets, alert_offsets, head)
 
@@ -128,8 +130,7 @@ class SnapshotStore:
     async def load(self) -> Snapshot | None:
         """The newest complete snapshot (a torn write at the tail is stepped over)."""
         tp = TopicPartition(self.topic, 0)
-        self.reader.assign([tp])
-        try:
+        with self._reading([tp]):
             last = await self._end(tp) - 1
             while last >= 0:
                 (tail,) = await self._read(tp, last, 1)
@@ -140,6 +141,13 @@ class SnapshotStore:
                         return Snapshot.from_bytes(b"".join(m.value or b"" for m in msgs))
                 last -= i + 1
             return None
+
+    @contextlib.contextmanager
+    def _reading(self, tps: list[TopicPartition]) -> Iterator[None]:
+        """The reader assigned ``tps`` for a read, and nothing once it is done (see the class)."""
+        self.reader.assign(tps)
+        try:
+            yield
         finally:
             self.reader.unsubscribe()
 
@@ -177,8 +185,7 @@ class SnapshotStore:
         seen: set[str] = set()
         if not todo:
             return seen
-        self.reader.assign(list(todo))
-        try:
+        with self._reading(list(todo)):
             for tp, start in todo.items():
                 self.reader.seek(tp, start)
             while todo:
@@ -187,8 +194,6 @@ class SnapshotStore:
                     if msgs[-1].offset + 1 >= ends[tp]:
                         todo.pop(tp, None)
             return seen
-        finally:
-            self.reader.unsubscribe()
 
 
 def _chunk(msg: Any) -> tuple[int, int]:
