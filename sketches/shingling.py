@@ -153,7 +153,7 @@ def shingle_batch(
     n: int = 2,
     seed: int = DEFAULT_SEED,
 ) -> Shingles:
-    """Normalise and shingle a batch of texts in one numpy pass.
+    """Normalise and shingle a batch of texts, a few numpy passes per run of texts (:func:`_runs`).
 
     ``kind="word"``: n-grams of tokens; ``kind="char"``: n-grams of code points of the
     normalised text. A document with fewer than ``n`` units yields one shingle of all of
@@ -166,6 +166,33 @@ def shingle_batch(
         raise ValueError(f"kind must be 'word' or 'char', got {kind!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    runs = _runs(texts)
+    if len(runs) == 1:
+        return _shingle_run(texts, kind, n, seed)
+    parts = [_shingle_run(texts[lo:hi], kind, n, seed) for lo, hi in runs]
+    bases = np.cumsum([0] + [p.hashes.size for p in parts[:-1]])
+    offsets = [np.zeros(1, dtype=np.int64), *(p.offsets[1:] + base for p, base in zip(parts, bases))]
+    return Shingles(np.concatenate([p.hashes for p in parts]), np.concatenate(offsets),
+                    np.concatenate([p.token_counts for p in parts]))  # fmt: skip
+
+
+#: shingle_batch works through its texts in runs of about this many code points, so that a
+#: run's arrays stay in the cache: 100 k posts of the stream bench (7.9 M code points) took
+#: 0.26–0.85 s at once and 0.19–0.22 s in runs of 2**16 to 2**20 (a worker on 12 input
+#: partitions closes ticks of ~100 k events at a time, and spent 2.7x as long shingling)
+RUN_CODEPOINTS = 1 << 18
+
+
+def _runs(texts: Sequence[str]) -> list[tuple[int, int]]:
+    """Consecutive (lo, hi) slices of ``texts``: a run ends where the total length passes a
+    multiple of :data:`RUN_CODEPOINTS`."""
+    total = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))) // RUN_CODEPOINTS
+    cuts = (np.flatnonzero(np.diff(total)) + 1).tolist()
+    return list(zip([0, *cuts], [*cuts, len(texts)]))
+
+
+def _shingle_run(texts: Sequence[str], kind: str, n: int, seed: int) -> Shingles:
+    """:func:`shingle_batch` of one run of texts, in one numpy pass."""
     norm = _normalise_batch(texts)
     counts = norm.token_counts
     if kind == "word":

@@ -3,11 +3,14 @@ shingle length separates edited copies from other posts on the same topic."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sketches import shingling
 from sketches.hashing import hash_strings
 from sketches.minhash import minhasher
 from sketches.shingling import MENTION_TOKEN, normalize, shingle_batch
@@ -96,6 +99,21 @@ def test_shingle_batch_matches_reference(texts: list[str], kind: str, n: int):
         doc = got.hashes[got.offsets[d] : got.offsets[d + 1]]
         assert np.array_equal(doc, hash_strings(expected)), (text, expected)
         assert got.token_counts[d] == len(normalize(text).split())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(post_text, max_size=12), st.sampled_from(["word", "char"]), st.integers(1, 4), st.integers(1, 40))
+def test_shingle_batch_in_runs_equals_one_run(texts: list[str], kind: str, n: int, run: int):
+    """A batch is shingled in runs of RUN_CODEPOINTS (to stay in the cache): cut anywhere,
+    even inside every text, the result is that of one pass over the whole batch."""
+    whole = shingle_batch(texts, kind, n)
+    assert len(shingling._runs(texts)) == 1  # these batches are far smaller than a run
+    with mock.patch.object(shingling, "RUN_CODEPOINTS", run):
+        runs = shingling._runs(texts)
+        cut = shingle_batch(texts, kind, n)
+    assert runs[0][0] == 0 and runs[-1][1] == len(texts) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+    for got, want in zip(cut, whole):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_short_and_empty_documents():
