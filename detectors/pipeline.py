@@ -116,6 +116,13 @@ def _canonical(events: list[Event], ts: np.ndarray) -> tuple[list[Event], np.nda
     return out, ts
 
 
+#: the most events a detector is handed at once: its arrays of a batch stay this small,
+#: however many ticks one advance closes (a worker on many input partitions closes ~100 k
+#: events at a time; a replay of 100 k-event batches peaked at 566 MB whole and 375 MB in
+#: these, as fast). The alerts are the same: a detector's do not depend on its batching.
+PROCESS_EVENTS = 1 << 14
+
+
 class Detection:
     """Detectors over closed ticks (unlinked alerts out)."""
 
@@ -217,8 +224,8 @@ class Detection:
                 d.begin(self._first)
         found: list[Alert] = []
         for d in self.detectors:
-            if batch:
-                found += d.process(batch, ts)
+            for lo in range(0, len(batch), PROCESS_EVENTS):
+                found += d.process(batch[lo : lo + PROCESS_EVENTS], ts[lo : lo + PROCESS_EVENTS])
             found += d.advance(horizon)
         return found
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import orjson
 
+from detectors import pipeline
 from detectors.events import Event, parse_obj
 from detectors.pipeline import AlertOrder, Detection, Pipeline, _canonical, enabled_detectors, lateness_of
 from detectors.synthetic import SyntheticStream
@@ -48,6 +49,19 @@ def test_every_detector_alerts_and_some_alerts_are_linked() -> None:
 def test_output_does_not_depend_on_batching() -> None:
     for batch in (3, 250, 4000):
         assert tuple(run(Pipeline.from_config(Config()), stream(), batch)) == straight(), f"batches of {batch}"
+
+
+def test_a_detector_is_handed_at_most_process_events_at_once(monkeypatch) -> None:
+    """However many events one advance closes, each detector gets them in slices of at most
+    PROCESS_EVENTS (its arrays stay that small), and the alerts are the same."""
+    monkeypatch.setattr(pipeline, "PROCESS_EVENTS", 1000)
+    pipe = Pipeline.from_config(Config())
+    sizes: list[int] = []
+    for d in pipe.detection.detectors:
+        process = d.process
+        monkeypatch.setattr(d, "process", lambda evs, ts=None, f=process: sizes.append(len(evs)) or f(evs, ts))
+    assert tuple(run(pipe, stream(), len(stream()))) == straight()
+    assert max(sizes) == 1000 and sum(sizes) == 3 * len(stream())
 
 
 def test_watermarks_between_batches_do_not_change_output() -> None:
