@@ -97,6 +97,7 @@ from streams.metrics import (
 from streams.snapshots import Snapshot
 from streams.stages import (
     FRAME_CODEC,
+    FRAME_SPAN,
     DetectStage,
     Framer,
     LinkStage,
@@ -110,6 +111,7 @@ from streams.stages import (
     max_message_bytes,
     pack_frames,
     pack_highwaters,
+    pack_span,
     work_topic,
     work_units,
 )
@@ -208,7 +210,7 @@ class Runner:
                 # the GIL, so here it compresses beside the detection, not after it
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
                 futures += [await self._send(d) for d in dead]
-                futures += await self._frame(frames, tp, highwaters)
+                futures += await self._frame(frames, tp, highwaters, part[1])
             LAG.labels(tp.topic, str(tp.partition)).set(max((self.input.highwater(tp) or 0) - batch[-1].offset - 1, 0))
         return futures
 
@@ -220,14 +222,16 @@ class Runner:
             await asyncio.gather(*await self._frame(empty, None, highwaters))
 
     async def _frame(self, frames: list[bytes | None], tp: TP | None,
-                     highwaters: dict[tuple[str, int], tuple[int, float]]) -> list[Awaitable[Any]]:  # fmt: skip
-        """Send ``frames[u]`` (of input partition ``tp``: :class:`~streams.stages.Framer`) to
-        work partition ``u``, with the high watermarks of this ingest's partitions
-        (:meth:`InputReader.highwaters`): data fetched for one partition may come with news that another has more."""
+                     highwaters: dict[tuple[str, int], tuple[int, float]],
+                     offsets: list[int] | None = None) -> list[Awaitable[Any]]:  # fmt: skip
+        """Send ``frames[u]`` (of the messages at ``offsets`` of input partition ``tp``:
+        :class:`~streams.stages.Framer`) to work partition ``u``, with the high watermarks of
+        this ingest's partitions (:meth:`InputReader.highwaters`): data fetched for one
+        partition may come with news that another has more."""
         headers = [("highwaters", pack_highwaters(highwaters))]
-        if tp is not None:
-            headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode())]
-            headers.append(FRAME_CODEC)  # a report carries no frame
+        if tp is not None:  # a report carries no frame
+            headers += [("source_topic", tp.topic.encode()), ("source_partition", str(tp.partition).encode()),
+                        FRAME_CODEC, (FRAME_SPAN, pack_span(offsets or []))]  # fmt: skip
         topic = work_topic(self.config)
         return [await self._send((topic, None, frame, u, headers)) for u, frame in enumerate(frames) if frame is not None]
 
