@@ -2,8 +2,9 @@
 
 Normalisation maps a post to its tokens joined by single spaces, so that cosmetic edits
 (case, full-width letters, tracking links, who is @mentioned, emoji, punctuation) do not
-change the shingles. It runs a batch at a time: a few C-level string calls per post
-(NFKC, casefold, and URL/@mention rewriting only where the post has one), then the batch
+change the shingles. It runs a batch at a time, in runs of about :data:`RUN_CODEPOINTS`
+code points (so that the arrays stay in the cache): a few C-level string calls per post
+(NFKC, casefold, and URL/@mention rewriting only where the post has one), then the run
 is joined into one code-point buffer and tokens are found with numpy: a token is a run of
 letters, digits, combining marks and ``_`` (apostrophes inside a word are dropped:
 ``don't`` → ``dont``). Per-token regex matching cost 3x the rest of the pipeline.

@@ -104,8 +104,8 @@ def test_shingle_batch_matches_reference(texts: list[str], kind: str, n: int):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(post_text, max_size=12), st.sampled_from(["word", "char"]), st.integers(1, 4), st.integers(1, 40))
 def test_shingle_batch_in_runs_equals_one_run(texts: list[str], kind: str, n: int, run: int):
-    """A batch is shingled in runs of RUN_CODEPOINTS (to stay in the cache): cut anywhere,
-    even inside every text, the result is that of one pass over the whole batch."""
+    """A batch is shingled in runs of RUN_CODEPOINTS (to stay in the cache): however short
+    the runs (down to one text each), the result is that of one pass over the whole batch."""
     whole = shingle_batch(texts, kind, n)
     assert len(shingling._runs(texts)) == 1  # these batches are far smaller than a run
     with mock.patch.object(shingling, "RUN_CODEPOINTS", run):
