@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,10 @@ class Setup:
         time.sleep(2)
         got = self.alert_values()
         assert len(got) == len(set(got)), "an alert id was published twice"
+        # first, as an event judged late changes the alerts: the reasons say why they differ
+        dead = read_topic(self.broker, self.dlq)[1]
+        assert not dead, f"{len(dead)} dead letters, reasons {Counter(dict(r.headers).get('reason') for r in dead)}"
         assert summarise(got) == expected
-        assert read_topic(self.broker, self.dlq)[0] == []
 
     def alert_values(self) -> list[bytes]:
         """Every alert on the topic, duplicates included."""
