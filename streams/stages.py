@@ -188,10 +188,13 @@ Span = tuple[int, int, int]  # a frame's first and last input offsets, and how m
 _EMPTY_SPAN: Span = (0, -1, 0)
 
 
+def span_of(offsets: Sequence[int]) -> Span:
+    return (offsets[0], offsets[-1], len(offsets)) if offsets else _EMPTY_SPAN
+
+
 def pack_span(offsets: Sequence[int]) -> bytes:
     """The :data:`FRAME_SPAN` header of a frame of the messages at ``offsets``."""
-    first, last, n = (offsets[0], offsets[-1], len(offsets)) if offsets else _EMPTY_SPAN
-    return f"{first}:{last}:{n}".encode()
+    return ":".join(map(str, span_of(offsets))).encode()
 
 
 def parse_span(header: bytes) -> Span:
@@ -212,8 +215,7 @@ class Frame:
 
     @classmethod
     def of(cls, offsets: list[int], keys: list[bytes | None], values: list[bytes]) -> Frame:
-        frame = cls((offsets[0], offsets[-1], len(offsets)) if offsets else _EMPTY_SPAN,
-                    lambda: pack_frames(offsets, keys, values))  # fmt: skip
+        frame = cls(span_of(offsets), lambda: pack_frames(offsets, keys, values))
         frame._parts = (offsets, keys, values)
         return frame
 
@@ -244,8 +246,7 @@ class Frame:
     @property
     def span(self) -> Span:
         if self._span is None:
-            offsets = self.parts[0]
-            self._span = (offsets[0], offsets[-1], len(offsets)) if offsets else _EMPTY_SPAN
+            self._span = span_of(self.parts[0])
         return self._span
 
     def since(self, done: int) -> Frame | None:
