@@ -116,6 +116,15 @@ class WorkParams(Section):
         "a near_duplicate cluster any texts). E.g. {burst = 4, co_action = 3, near_duplicate = 2}",
     )
 
+    idle_s: float = Field(
+        5.0, gt=0, le=600,
+        description="an input partition read to its end holds the ticks at its own newest event until it has had "
+        "no new input for this long, then lets them close past it: a producer writing a backlog in batches can put "
+        "one partition minutes of event time ahead of another, and a partition idle this long must not stop the "
+        "alerts of the others. Longer for producers that pause between batches; shorter for alerts sooner after "
+        "a partition goes quiet",
+    )  # fmt: skip
+
     @model_validator(mode="after")
     def _splits(self) -> Self:
         from detectors.base import KeyedDetector

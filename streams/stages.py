@@ -478,14 +478,18 @@ class DetectStage(Stage):
     against the events before it in its own partition. Ticks close only as far as no
     partition may still send older events. A partition *holds* at its newest event time if
     it has not reported (``sources``: every input partition, from the broker), if its report
-    is older than ``REPORT_VALID_S``, or if its frames are behind the high watermark it
-    reported (unless neither has moved for ``STALL_S``). A caught-up partition holds at what
-    it has vouched for: the newest event time of the frames sent before its ingest learnt its
-    high watermark (data sent to it after that is unknown). So a backlog read in any
-    interleaving, arriving on every partition at once and read by several ingests, makes no
-    late event, and an idle or empty partition does not stop the others. Every input to that
-    rule (frames, reports, the work messages' timestamps) is on the work topic: a restarted
-    stage decides the same.
+    is older than ``REPORT_VALID_S``, if its frames are behind the high watermark it reported
+    (unless neither has moved for ``STALL_S``), or if it is caught up but had new input less
+    than ``work.idle_s`` ago (a producer still writing a backlog: its batch for one partition
+    can be minutes of event time ahead of another's). A partition caught up and idle that
+    long holds at what it has vouched for: the newest event time of the frames sent before
+    its ingest learnt its high watermark (data sent to it after that is unknown). So a
+    backlog read in any interleaving, arriving on every partition at once, read by several
+    ingests or still being written, makes no late event, and an idle or empty partition
+    stops the others for ``work.idle_s`` only. The parts of a split detector read the frames
+    in different interleavings, so they agree on which events are late only because none
+    is late but by its own partition's order. Every input to that rule (frames, reports,
+    the work messages' timestamps) is on the work topic: a restarted stage decides the same.
     """
 
     KIND = "detect"
@@ -508,6 +512,7 @@ class DetectStage(Stage):
             self.late_as = self.unit.name
         self.detection = Detection(detectors, config.linking.tick_s, lateness)
         self.sources = {source_key(s): s for s in sources}
+        self.idle_s = config.work.idle_s
         self.reports: dict[str, Report] = {}
         self.progress: dict[str, float] = {}  # source -> timestamp of its last new input or new report
         self.history: list[tuple[float, float]] = []  # (frame timestamp, newest event time after it), recent
@@ -594,7 +599,8 @@ class DetectStage(Stage):
         for key, src in self.sources.items():
             highwater, known = self.reports.get(key, (None, -math.inf))
             behind = highwater is not None and self.offsets.get(src, 0) < highwater
-            if highwater is None or known < now - REPORT_VALID_S or behind and self.progress[key] >= now - STALL_S:
+            quiet = now - self.progress.get(key, -math.inf)  # since its last new input or new high watermark
+            if highwater is None or known < now - REPORT_VALID_S or quiet <= (STALL_S if behind else self.idle_s):
                 wm = min(wm, self.detection.newest_of(key))
                 holding += 1
             else:

@@ -338,20 +338,24 @@ def spread_frames(partitions: int) -> list[list[tuple[list[int], bytes]]]:
 
 
 def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
-                  ingests: list[list[int]] | None = None) -> tuple[list[Msg], list[bytes]]:  # fmt: skip
+                  ingests: list[list[int]] | None = None, live: bool = False) -> tuple[list[Msg], list[bytes]]:  # fmt: skip
     """The work partition when ``ingests`` (default one, reading every partition) framed the
     partitions in ``order`` (one partition index per frame), four messages a second, each
     with the high watermarks of its ingest's partitions, after a report of each ingest from
-    before the input came (every partition empty)."""
+    before the input came (every partition empty). The input is all written before it is
+    read, or with ``live`` it is being written in ``order`` as it is read (each partition's
+    high watermark is the end of its last frame so far: every partition is caught up)."""
     ingests = ingests or [list(range(len(frames)))]
-    ends = {("ev", p): f[-1][0][-1] + 1 for p, f in enumerate(frames)}
+    ends = {("ev", p): 0 if live else f[-1][0][-1] + 1 for p, f in enumerate(frames)}
     nxt = [0] * len(frames)
     msgs = [Msg(i, [("highwaters", pack_highwaters({("ev", p): (0, 0.0) for p in mine}))], timestamp=0.0)
             for i, mine in enumerate(ingests)]  # fmt: skip
     values = [pack_frames([], [], [])] * len(ingests)
     for p in order:
-        _, frame = frames[p][nxt[p]]
+        offsets, frame = frames[p][nxt[p]]
         nxt[p] += 1
+        if live:
+            ends[("ev", p)] = offsets[-1] + 1
         at = len(msgs) / 4  # ingest learnt the high watermarks from a fetch just now
         mine = next(m for m in ingests if p in m)
         headers = [("highwaters", pack_highwaters({("ev", q): (ends[("ev", q)], at) for q in mine})),
@@ -369,26 +373,29 @@ def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]
 @pytest.mark.parametrize("name", CONFIGS)
 def test_input_spread_over_partitions_gives_the_alerts_of_one_partition_in_any_interleaving(name: str) -> None:
     """Three partitions framed in turn, or one after another (a backlog that ingest reads
-    partition by partition), or by two ingests of which one starts late: no event is late,
-    and each detector finds what it finds on the input in one partition; a stage resumed
-    from its state sends what it would have sent."""
+    partition by partition), or by two ingests of which one starts late, or while a batching
+    producer writes them with partition 0 three frames (minutes of event time) behind the
+    others: no event is late, and each detector finds what it finds on the input in one
+    partition; a stage resumed from its state sends what it would have sent."""
     frames = spread_frames(3)
     turns = [p for k in range(max(map(len, frames))) for p in range(3) if k < len(frames[p])]
     backlog = [p for p in range(3) for _ in frames[p]]
     # two ingests; the one reading partition 2 fetches only once the other is through
     late_one = [p for k in range(max(map(len, frames))) for p in range(2) if k < len(frames[p])] + [2] * len(frames[2])
+    behind = [p for _, p in sorted((k + (3 if p == 0 else 0), p) for p in range(3) for k in range(len(frames[p])))]
     config = CONFIGS[name]
     units = work_units(config)
-    got: dict[int, dict[int, list[Send]]] = {k: {} for k in range(3)}  # per order, what each unit sent
+    got: dict[int, dict[int, list[Send]]] = {k: {} for k in range(4)}  # per order, what each unit sent
     for u, straight in detect_runs(name).items():
         if not units[u].framed:
             continue  # a merge: below, over its parts' output
-        for k, (order, ingests) in enumerate(((turns, None), (backlog, None), (late_one, [[0, 1], [2]]))):
-            msgs, per_unit = routed(config, *work_messages(frames, order, ingests))
+        cases = ((turns, None, False), (backlog, None, False), (late_one, [[0, 1], [2]], False), (behind, None, True))
+        for k, (order, ingests, live) in enumerate(cases):
+            msgs, per_unit = routed(config, *work_messages(frames, order, ingests, live))
             values = per_unit[u]
             got[k][u], _ = drive(detect_stage(u, partitions=3, config=config), msgs, values)
         # a stage restored a third of the way in (from its state and offsets) sends the same
-        assert drive(detect_stage(u, partitions=3, config=config), msgs, values, cut=len(msgs) // 3)[0] == got[2][u], f"unit {u}"
+        assert drive(detect_stage(u, partitions=3, config=config), msgs, values, cut=len(msgs) // 3)[0] == got[k][u], f"unit {u}"
     for k, runs in got.items():
         for u, sends in merged(config, runs, seed=k).items():
             alerts, dead = alerts_and_dead_letters(sends)
@@ -401,10 +408,10 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
     frames = spread_frames(1)[0]
     end = frames[-1][0][-1] + 1
 
-    def closed_after(report: Callable[[int], int | None]) -> float:
+    def closed_after(report: Callable[[int], int | None], config: Config = WHOLE) -> float:
         """Burst's last closed tick once partition 0 is read, one frame a second, each after
         a report of partition 1's high watermark ``report(i)`` from its ingest (None: none)."""
-        stage = detect_stage(2, partitions=2)
+        stage = detect_stage(2, partitions=2, config=config)
         msgs, values = [], []
         for i, (_, frame) in enumerate(frames):
             if (highwater := report(i)) is not None:
@@ -420,6 +427,8 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
     assert closed_after(lambda i: None) == -math.inf  # partition 1 never reported: it may hold the oldest events
     caught_up = closed_after(lambda i: 0)
     assert caught_up > 0  # partition 1 is empty: the ticks close on partition 0's events
+    assert len(frames) < 600  # seconds: within work.idle_s = 600 it holds them all
+    assert closed_after(lambda i: 0, Config(work=WorkParams(idle_s=600))) == -math.inf
     stale = closed_after(lambda i: 0 if i == 0 else None)  # its ingest stopped: it may have input again
     assert -math.inf < stale < caught_up
     # reports ahead of its frames: it holds while the reports move, and STALL_S after
