@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +43,10 @@ _SEED_KIND = 0x4B1D
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _OBJECT_ID = "object_id"  # the object_fields entry whose kind is the event's object_type
 _FIELD = 32  # rank = field number << _FIELD | place in the field
+#: the Event columns an action is read from: a map of itemgetter per column is ~4x faster
+#: than transposing the batch with ``zip(*events)`` (which makes a 10 k-argument call)
+_READ = tuple(itemgetter(Event._fields.index(f))
+              for f in ("account_id", "action", "event_id", "urls", "object_id", "hashtags", "extra"))  # fmt: skip
 _ACTION_BYTES = 9 * 8 + 64  # an action in a segment, about: its numbers, name and event id
 
 
@@ -152,7 +157,7 @@ class ObjectActions:
         return Actions.empty(self.next_ref, self.oldest) if found is None else found
 
     def _read(self, events: Sequence[Event], marks: np.ndarray, times: np.ndarray) -> Actions | None:
-        _, acc_c, act_c, eid_c, _, urls_c, oid_c, tags_c, extra_c = zip(*events)  # columns, at C speed
+        acc_c, act_c, eid_c, urls_c, oid_c, tags_c, extra_c = (list(map(g, events)) for g in _READ)
         evs: list[np.ndarray] = []
         ranks: list[np.ndarray] = []
         kinds: list[np.ndarray] = []
