@@ -204,10 +204,12 @@ class _Ids:
     def intern(self, keys: np.ndarray, name: Callable[[int], str]) -> np.ndarray:
         """Ids of ``keys`` (a new one is named ``name(i)``, i the index of its first occurrence)."""
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        index, out = self.index, []
-        for k, f in zip(uniq.tolist(), first.tolist()):
-            i = index.get(k)
-            if i is None:
+        index, ks = self.index, uniq.tolist()
+        out = list(map(index.get, ks))  # the known ones at C speed; new ones (None) below, in key order
+        if None in out:
+            firsts = first.tolist()
+            for j in [j for j, i in enumerate(out) if i is None]:
+                k, f = ks[j], firsts[j]
                 if self.free:
                     i = self.free.pop()
                     self.keys[i], self.names[i] = k, name(f)
@@ -215,8 +217,7 @@ class _Ids:
                     i = len(self.keys)
                     self.keys.append(k)
                     self.names.append(name(f))
-                index[k] = i
-            out.append(i)
+                out[j] = index[k] = i
         return np.array(out, dtype=np.int64)[inverse]
 
     def release(self, ids: Sequence[int]) -> None:
