@@ -117,6 +117,7 @@ worker also parses every event; the merge parses nothing.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import statistics
 from collections import Counter
@@ -1153,25 +1154,29 @@ class _Candidates:
     def update(self, changed: list[int], ew: dict[int, int], cut: int, test: Any) -> tuple[list[int], list[int]]:
         """New weights of ``changed`` edges; the edges that joined and left the alert graph."""
         parted: list[int] = []
-        touched: list[int] = []
         slot, minw = self.slot, self.min_weight
-        for k in dict.fromkeys(changed):
-            w = ew.get(k, 0)
-            s = slot.get(k)
-            if w >= minw:
-                if s is None:
-                    s = slot[k] = self._alloc(k)
-                self.w[s] = w
-                touched.append(s)
-            elif s is not None:
+        keys = list(dict.fromkeys(changed))
+        w_of = np.array(list(map(ew.get, keys, itertools.repeat(0))), dtype=np.int64)
+        s_of = np.array(list(map(slot.get, keys)), dtype=np.float64)  # NaN: no slot
+        weighs = w_of >= minw
+        # in key order, slots for the edges that came to weigh min_weight, none for those that
+        # left (the only changes of the free list: the slots are what a loop over all gives)
+        for j in np.flatnonzero(weighs == np.isnan(s_of)).tolist():
+            k = keys[j]
+            if weighs[j]:
+                s_of[j] = slot[k] = self._alloc(k)
+            else:
+                s = int(s_of[j])
                 if self.strong[s]:
                     parted.append(k)
                 del slot[k]
                 self.used[s] = self.strong[s] = False
                 self.free.append(s)
-        if test is None and not self._all and len(touched) <= _FEW:  # a sparse stream's few changes: no numpy
+        touched = s_of[weighs].astype(np.int64)
+        self.w[touched] = w_of[weighs]
+        if test is None and not self._all and touched.size <= _FEW:  # a sparse stream's few changes: no numpy
             joined = []
-            for s in touched:
+            for s in touched.tolist():
                 now, was = bool(self.w[s] >= cut), bool(self.strong[s])
                 if now != was:
                     self.strong[s] = now
@@ -1180,7 +1185,7 @@ class _Candidates:
         if test is not None or self._all:
             sel = np.flatnonzero(self.used)
         else:
-            sel = np.array(touched, dtype=np.int64)
+            sel = touched
         self._all = False
         if not sel.size:
             return [], parted
