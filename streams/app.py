@@ -75,6 +75,7 @@ from typing import Any, TypeVar
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, EventT, StreamT
 
@@ -403,6 +404,17 @@ class _Transport(aiokafka_driver.Transport):  # type: ignore[misc]
     Consumer = _Consumer
 
 
+class _Tables(TableManager):  # type: ignore[misc]
+    """Faust's table manager without the 1 s sleep it starts with (time for agents to
+    register tables): this app has none (the stages snapshot to topics of their own,
+    :mod:`streams.snapshots`), and the sleep held Faust's group join a second behind
+    ingest's (first input 6.2 -> 5.2 s after process start)."""
+
+    async def on_start(self) -> None:
+        await self._update_channels()
+        await self.recovery.start()
+
+
 class _App(faust.App):
     """Faust's app, starting ingest's reader beside its own consumer: Faust runs app tasks only
     once its group has joined, and ingest's join after that added ~session_timeout/2 to every
@@ -431,6 +443,7 @@ def create_app(config: Config, worker_id: str, sources: Sequence[tuple[str, int]
         datadir=str(worker_dir(config, worker_id) / "faust"),
         web_enabled=False,  # metrics are served by prometheus-client (see streams.worker)
         store="memory://",
+        TableManager=_Tables,
         processing_guarantee="at_least_once",
         broker_session_timeout=k.session_timeout_s,
         broker_heartbeat_interval=min(3.0, k.session_timeout_s / 3),
