@@ -216,6 +216,21 @@ def committed(broker: EmbeddedBroker, group: str, topic: str) -> dict[int, int]:
     return {p: o for p, o in got.items() if o is not None}
 
 
+def write_oldest_snapshot_again(broker: EmbeddedBroker, topic: str) -> None:
+    """Produce the first complete snapshot on ``topic`` again (its chunks, keys and headers):
+    it becomes the newest, older than the offsets its stage's group has committed since."""
+    from kafka import KafkaProducer
+
+    _, records = read_topic(broker, topic)
+    first = records[0].key
+    chunks = [r for r in records if r.key == first]
+    assert [dict(r.headers)["chunk"] for r in chunks] == [f"{i}/{len(chunks)}".encode() for i in range(len(chunks))]
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], max_request_size=8 << 20)
+    for r in chunks:
+        producer.send(topic, key=r.key, value=r.value, headers=list(r.headers)).get(10)
+    producer.close()
+
+
 def counts(stream_file: Path) -> tuple[int, int]:
     """(messages, valid events) that ``coordwatch produce`` makes of the file."""
     with open(stream_file, "rb") as f:
@@ -374,6 +389,29 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
           f"suppressed {w2.metric('coordwatch_alerts_suppressed_total'):.0f}")
     s.assert_alerts_once(expected)
     assert "restored" in w2.log_text(), "the restarted worker should resume its stages from their snapshots"
+
+
+def test_a_stage_handed_messages_past_a_gap_has_them_read_again_from_its_offset(
+    broker, tmp_path, procs, stream_file, expected
+):
+    """Faust hands a stage messages from beyond the offset it takes next (seen without a
+    rebalance: Faust dropped messages it had fetched, and the stage waited for good; here its
+    oldest snapshot is written again while the worker is down, so it restores to offsets
+    below those its group committed since): the stage has Faust read its partition again
+    from its own offset, and the alerts are replay's, each once."""
+    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    messages, _ = counts(stream_file)
+    w = s.start_worker()
+    producer = s.produce_live(stream_file)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages * 0.6, 60, "60% of the stream")
+    w.kill()
+    write_oldest_snapshot_again(broker, f"{s.app_id}.snapshots.detect-co_action")
+    assert producer.wait(60) == 0
+    w2 = s.start_worker()
+    w2.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 60, "the rest of the alerts")
+    s.assert_alerts_once(expected)
+    assert "restored" in w2.log_text()
+    assert w2.metric("coordwatch_out_of_order_total") > 0 and "never came, later ones did" in w2.log_text()
 
 
 def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_path, procs, stream_file, expected):
