@@ -165,8 +165,9 @@ def end_offsets(consumer: Any, tps: Sequence[Any], timeout_s: float = 10.0) -> d
     Tansu 0.6 reports the end of a partition whose last write was a multi-record batch as that
     batch's base offset + 1; a fetch response's high watermark is right. A reader stopping at
     the reported end stopped inside that batch (kafka-python polls 500 records at a time). So
-    each partition is read from the reported end - 1 (a record is there) until a fetch has
-    answered; the caller seeks where it wants to read from.
+    each partition is read from the reported end - 1 until a fetch has answered (records, or
+    none where a transaction's control record ends the partition, with its high watermark);
+    the caller seeks where it wants to read from.
     """
     ends = consumer.end_offsets(list(tps))
     todo = {tp for tp in tps if ends[tp] > 0}
@@ -176,10 +177,11 @@ def end_offsets(consumer: Any, tps: Sequence[Any], timeout_s: float = 10.0) -> d
     while todo:
         if time.monotonic() > deadline:
             raise BrokerError(f"no record at the end of {sorted(map(str, todo))} within {timeout_s:.0f} s")
-        for tp, records in consumer.poll(timeout_ms=200).items():
-            if tp in todo and records:
+        consumer.poll(timeout_ms=200)
+        for tp in list(todo):
+            if (highwater := consumer.highwater(tp)) is not None:
                 todo.discard(tp)
-                ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
+                ends[tp] = max(ends[tp], highwater)
     return ends
 
 

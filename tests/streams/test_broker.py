@@ -198,6 +198,26 @@ def test_alerts_view_and_topic_reads_get_all_of_a_last_batch_of_many_records(bro
     assert len({orjson.loads(x)["group_id"] for x in lines}) == 1203
 
 
+def test_alerts_view_and_topic_reads_end_at_a_transactions_commit_marker(broker):
+    """A transactional producer's commit leaves a control record at the end of the partition:
+    no record is there to confirm the end by, the fetch's high watermark does."""
+    topic = fresh("alerts")
+    c = config_for(broker, f'topics.alerts="{topic}"')
+    ensure_topics(c, [topic], partitions=1)
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], transactional_id=topic,
+                             enable_idempotence=True)  # fmt: skip
+    producer.init_transactions()
+    producer.begin_transaction()
+    for i in range(3):
+        producer.send(topic, value=alert(f"a{i}", "burst", 0.5).to_json())
+    producer.commit_transaction()
+    producer.close()
+
+    assert [r.offset for r in read_records(broker.port, topic)] == [0, 1, 2]  # the marker at 3
+    lines: list[str] = []
+    assert show(c, lines.append, as_json=True) == 3
+
+
 def test_alerts_view_filters_dedupes_and_prints(broker, tmp_path):
     topic = fresh("alerts")
     c = config_for(broker, f'topics.alerts="{topic}"')
