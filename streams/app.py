@@ -194,7 +194,7 @@ class Runner:
         max_bytes = self.config.events.max_event_bytes
         futures: list[Awaitable[Any]] = []
         MESSAGES.inc(sum(map(len, records.values())))
-        highwaters = self.input.highwaters()
+        highwaters = await self.input.highwaters()
         for tp, batch in records.items():
             src = (tp.topic, tp.partition)
             offsets: list[int] = []
@@ -216,13 +216,14 @@ class Runner:
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
                 futures += [await self._send(d) for d in dead]
                 futures += await self._frame(frames, tp, highwaters, part[1])
-            LAG.labels(tp.topic, str(tp.partition)).set(max((self.input.highwater(tp) or 0) - batch[-1].offset - 1, 0))
+            end = highwaters.get(src, (batch[-1].offset + 1,))[0]
+            LAG.labels(tp.topic, str(tp.partition)).set(max(end - batch[-1].offset - 1, 0))
         return futures
 
     async def report(self) -> None:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
-        if highwaters := self.input.highwaters():  # none if no input partition is assigned here
+        if highwaters := await self.input.highwaters():  # none if no input partition is assigned here
             empty = self.framer.alike(pack_frames([], [], []))
             await asyncio.gather(*await self._frame(empty, None, highwaters))
 

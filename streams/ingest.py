@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from streams.broker import aiokafka_settings
 from streams.config import Config
@@ -52,6 +52,7 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer: AIOKafkaConsumer | None = None  # made in start(): aiokafka wants the running loop
         self._started: asyncio.Future[None] | None = None
         self._sent: dict[TopicPartition, int] = {}  # next offset per partition whose frames are on the broker
+        self._taken: dict[TopicPartition, int] = {}  # the offset after the last record take() returned
         self._committed_at = time.monotonic()
 
     def start(self) -> None:
@@ -64,6 +65,7 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
             client_id=self.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # an aborted transaction's events never happened
             session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, k.session_timeout_s / 3) * 1000),
             # an input message of up to events.max_event_bytes must fit in one fetch (take()
@@ -96,6 +98,7 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
             got = await self.consumer.getmany(timeout_ms=max(int(wait * 1000), 0), max_records=k.batch_messages - n)
             for tp, records in got.items():
                 out.setdefault(tp, []).extend(records)
+                self._taken[tp] = records[-1].offset + 1
                 n += len(records)
                 size += sum(len(r.value or b"") for r in records)
             if wait <= 0 or (not got and out):
@@ -131,24 +134,33 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Nothing to hand over: what was sent and not yet committed, the new owner reads
         again and the stages skip (no commit here: one waiting on the commit lock while a
-        commit of the loop waits for the rebalance would hold both)."""
+        commit of the loop waits for the rebalance would hold both). What another owner takes
+        meanwhile is not known here: until it takes a record again, a partition it gets back
+        reports its high watermark."""
+        for tp in revoked:
+            self._taken.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("ingest: input partitions %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.consumer.highwater(tp)  # type: ignore[no-any-return]
+    async def highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """Where each input partition assigned here ends, as far as the consumer knows, and when
+        it learnt it (aiokafka's time of the partition's last fetch response).
 
-    def highwaters(self) -> dict[tuple[str, int], tuple[int, float]]:
-        """The high watermark of every input partition assigned here that the consumer knows,
-        and when it learnt it (aiokafka's time of the partition's last fetch response)."""
+        The end is the high watermark, unless the consumer has read up to it: then it is the
+        offset after the last record taken. The offsets between are not events (a transaction's
+        commit marker, aborted records), and a detect stage that has the records taken counts
+        the partition as caught up (:meth:`streams.stages.DetectStage.watermark`), not as behind
+        for good."""
         out: dict[tuple[str, int], tuple[int, float]] = {}
         if self.consumer is None:  # not started yet
             return out
         for tp in self.consumer.assignment():
             try:
                 highwater, ms = self.consumer.highwater(tp), self.consumer.last_poll_timestamp(tp)
-            except AssertionError:  # revoked meanwhile
+                if highwater is not None and tp in self._taken and await self.consumer.position(tp) >= highwater:
+                    highwater = self._taken[tp]
+            except (AssertionError, IllegalStateError):  # revoked meanwhile
                 continue
             if highwater is not None and ms is not None:
                 out[(tp.topic, tp.partition)] = (highwater, ms / 1000)

@@ -366,6 +366,49 @@ def test_a_backlog_spread_over_four_partitions_gives_the_same_alerts_and_no_late
     s.assert_alerts_once(expected)
 
 
+def test_input_from_a_transactional_producer_gives_replays_alerts_and_holds_no_tick_past_idle_s(
+    broker, tmp_path, procs, stream_file, expected
+):
+    """A transactional producer (as Kafka Streams or Flink write) over the four partitions:
+    each commit leaves a control record at the end of the partition, so the newest offset a
+    worker reads stays one below the high watermark. A partition caught up that way still
+    counts as caught up: once quiet for ``work.idle_s`` (5 s) it holds the others' ticks no
+    more, so the last alerts come out in seconds, not after a stalled source's 60 s."""
+    s = Setup(broker, tmp_path, procs)
+    from streams.broker import ensure_topics
+    from streams.config import load
+
+    ensure_topics(load(s.config).config, [s.events])
+    with open(stream_file, "rb") as f:
+        msgs = [m for m, _ in envelopes(f, 100, MAX_EVENT_BYTES)]
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], transactional_id=s.app_id,
+                             enable_idempotence=True)  # fmt: skip
+    producer.init_transactions()
+    for lo in range(0, len(msgs), 25):
+        producer.begin_transaction()
+        for i in range(lo, min(lo + 25, len(msgs))):
+            producer.send(s.events, value=msgs[i], partition=i % 4)
+        producer.commit_transaction()
+    producer.close()
+    _, records = read_topic(broker, s.events)
+    assert len(records) == len(msgs) and {r.partition for r in records} == {0, 1, 2, 3}
+    ends = {p: max(r.offset for r in records if r.partition == p) + 1 for p in range(4)}
+    w = s.start_worker()
+    _, valid = counts(stream_file)
+    w.wait_for(lambda: w.metric("coordwatch_events_total") >= valid, 60, "the whole stream")
+    t0 = time.monotonic()
+
+    def holding() -> dict[str, float]:
+        return {k: v for k, v in w.metrics().items() if k.startswith("coordwatch_partitions_holding{")}
+
+    w.wait_for(lambda: len(holding()) == 3 and not any(holding().values()), 20, "no partition holding the ticks")
+    print(f"no partition holding {time.monotonic() - t0:.1f} s after the last event was taken")
+    w.wait_for(lambda: len(s.alert_values()) >= len(expected), 10, "the alerts")
+    s.assert_alerts_once(expected)
+    # ingest commits the offset after each partition's last record (the marker after it is skipped)
+    w.wait_for(lambda: committed(broker, f"{s.app_id}.ingest", s.events) == ends, 10, "ingest's commit of the input")
+
+
 SPLITS = [None, {"burst": 2}, {"co_action": 2}, {"near_duplicate": 2}]
 SPLIT_IDS = ["whole", "burst-in-2-shards", "co_action-in-2-object-parts", "near_duplicate-in-2-band-parts"]
 
