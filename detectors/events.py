@@ -24,11 +24,12 @@ are decoded one by one.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from itertools import takewhile
+from datetime import datetime, timezone
+from itertools import repeat, takewhile
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,9 +42,10 @@ from sketches.hashing import hash_strings
 #: Messages larger than this many bytes are rejected ``too_large`` before parsing
 #: (same default as ``[events] max_event_bytes``).
 MAX_EVENT_BYTES = 1 << 20
-#: Latest accepted ``ts``: 2100-01-01T00:00:00Z. A fixed bound (not "now + slack") keeps
-#: parsing a pure function of the bytes, so a replay rejects exactly what the live run did;
-#: it also catches millisecond timestamps (1.6e12), the most common producer bug.
+#: Latest accepted ``ts``: 2100-01-01T00:00:00Z. A fixed bound (not "now + slack"), so a
+#: replay rejects exactly what the live run did; it also catches millisecond timestamps
+#: (1.6e12), the most common producer bug. (``future_ts`` bounds a message's events by when
+#: it was received: the Kafka record's timestamp, which a re-read gives again.)
 MAX_TS = 4_102_444_800.0
 
 _COMMON_ACTIONS = frozenset(("post", "share", "retweet", "quote", "reply", "comment", "like", "follow"))
@@ -114,11 +116,12 @@ def parse_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event | Rejecti
     return _one(obj, raw)
 
 
-def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> list[Event | Rejection]:
+def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES, limit: float = math.inf) -> list[Event | Rejection]:
     """Parse a message holding one JSON object or an envelope (a JSON array of objects).
 
     A bad element of an envelope becomes a Rejection with its ``index`` and its re-serialised
-    bytes; the other elements still parse. ``max_bytes`` bounds the whole message.
+    bytes; the other elements still parse. ``max_bytes`` bounds the whole message; an event
+    dated after ``limit`` is rejected ``future_ts`` (:func:`future_limits`).
     """
     if len(raw) > max_bytes:
         return [_too_large(raw, max_bytes)]
@@ -127,31 +130,44 @@ def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> list[Event | 
     except orjson.JSONDecodeError as e:
         return [_undecodable(raw, e)]
     if type(obj) is dict:
-        return [_one(obj, raw)]
+        return [_one(obj, raw, limit)]
     if type(obj) is list:
         if obj:
-            return _envelope(obj, raw)
+            return _envelope(obj, raw, limit)
         return [_empty_envelope(raw)]
     return [_not_object(obj, raw, "a JSON object or array")]
 
 
+def future_limits(received: Sequence[float | None], max_ahead_s: float) -> list[float]:
+    """The latest ``ts`` accepted in a message received at each of ``received`` (unix
+    seconds: the Kafka record's timestamp, or when a replay started; None or negative: not
+    known, no limit), ``events.max_ahead_s`` later (0: no limit). One event dated ahead of
+    its time moves its partition's event time with it, and every event after it more than the
+    lateness bound behind would be dropped as late; at most the lateness bound ahead, it
+    makes no on-time event late."""
+    if max_ahead_s <= 0:
+        return [math.inf] * len(received)
+    return [math.inf if r is None or r < 0 else r + max_ahead_s for r in received]
+
+
 def parse_messages(
-    messages: Sequence[bytes], max_bytes: int = MAX_EVENT_BYTES
+    messages: Sequence[bytes], max_bytes: int = MAX_EVENT_BYTES, limits: Iterable[float] | None = None
 ) -> tuple[list[Event], list[tuple[int, Rejection]]]:
     """Parse many messages (Kafka messages, JSONL lines), each one exactly as
     :func:`parse_message` would: the events of all of them in order, and every rejection
     with the position of its message in ``messages`` (rejections in order too).
+    ``limits``: per message the latest ``ts`` it may hold (:func:`future_limits`), or None.
 
     The batch form for the hot path: no result list per message, and the ids derived for
     the whole call are hashed in one pass (a single call of ``parse_message`` per event
     without ``event_id`` pays about 13 µs for its hash).
     """
-    events, rejected, _ = parse_with_origins(messages, max_bytes)
+    events, rejected, _ = parse_with_origins(messages, max_bytes, limits)
     return events, rejected
 
 
 def parse_with_origins(
-    messages: Sequence[bytes], max_bytes: int = MAX_EVENT_BYTES
+    messages: Sequence[bytes], max_bytes: int = MAX_EVENT_BYTES, limits: Iterable[float] | None = None
 ) -> tuple[list[Event], list[tuple[int, Rejection]], np.ndarray]:
     """:func:`parse_messages`, and for each event the position of its message in ``messages``.
 
@@ -159,6 +175,8 @@ def parse_with_origins(
     through the inlined usual-event path (see :func:`_fields`): an envelope element is
     validated as :func:`_envelope` would (a rejection carries its index and the element as
     decoded afresh). :func:`parse_message` is the reference it is tested against."""
+    if limits is None:
+        limits = repeat(math.inf)
     starts: list[int] = []  # per message, how many events came before it
     mark = starts.append
     events: list[Event] = []
@@ -168,7 +186,7 @@ def parse_with_origins(
     loads = orjson.loads
     append = events.append
     common, casefold = _COMMON_ACTIONS, str.casefold
-    for i, raw in enumerate(messages):
+    for i, (raw, limit) in enumerate(zip(messages, limits)):
         mark(len(events))
         if len(raw) > max_bytes:
             rejected.append((i, _too_large(raw, max_bytes)))
@@ -207,6 +225,7 @@ def parse_with_origins(
                     if (
                         type(ts) is float
                         and 0.0 <= ts <= MAX_TS  # also false for NaN
+                        and ts <= limit
                         and type(account_id) is str
                         and account_id
                         and type(action) is str
@@ -229,6 +248,8 @@ def parse_with_origins(
                     ev = _fields(obj, None, event_id, ts, account_id, action, text, url, object_id)
                 else:
                     ev = _event_with_id(obj, event_id)
+                if ev.ts > limit:
+                    raise _future(ev.ts, limit)
             except _Bad as bad:
                 if envelope:
                     if pristine is None:
@@ -410,13 +431,15 @@ def _undecodable(raw: bytes, error: orjson.JSONDecodeError) -> Rejection:
     return Rejection("not_json", str(error), raw)
 
 
-def _one(obj: dict[str, Any], raw: bytes | None) -> Event | Rejection:
+def _one(obj: dict[str, Any], raw: bytes | None, limit: float = math.inf) -> Event | Rejection:
     """One decoded object; a rejection carries ``raw``, or ``obj`` re-serialised if None.
 
     With ``raw``, ``obj`` was decoded from it for this call and becomes the event's
-    ``extra``; without (``parse_obj``), a copy does."""
+    ``extra``; without (``parse_obj``), a copy does. ``limit``: the latest ``ts`` accepted."""
     try:
         ev = _event(obj if raw is not None else obj.copy())
+        if ev.ts > limit:
+            raise _future(ev.ts, limit)
     except _Bad as bad:
         return Rejection(bad.reason, bad.detail, _dump(obj) if raw is None else raw)
     if not ev.event_id:  # a _Derive
@@ -424,7 +447,7 @@ def _one(obj: dict[str, Any], raw: bytes | None) -> Event | Rejection:
     return ev
 
 
-def _envelope(objs: list[Any], raw: bytes) -> list[Event | Rejection]:
+def _envelope(objs: list[Any], raw: bytes, limit: float = math.inf) -> list[Event | Rejection]:
     """The elements of an envelope decoded from ``raw``; derived ids are hashed in one pass
     for all of them. Elements become their events' ``extra``, so the rejection of one
     re-serialises that element as decoded afresh from ``raw``."""
@@ -438,6 +461,8 @@ def _envelope(objs: list[Any], raw: bytes) -> list[Event | Rejection]:
             continue
         try:
             ev = _event(obj)
+            if ev.ts > limit:
+                raise _future(ev.ts, limit)
         except _Bad as bad:
             if pristine is None:
                 pristine = orjson.loads(raw)
@@ -664,6 +689,15 @@ def _iso_ts(s: str) -> float:
     if not 0 <= ts <= MAX_TS:
         raise _Bad("bad_ts", _ts_range_detail(ts))
     return ts
+
+
+def _future(ts: float, limit: float) -> _Bad:
+    def utc(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    return _Bad("future_ts", f"ts {_short(ts)} ({utc(ts)}) is after {utc(limit)}, events.max_ahead_s after its "
+                "message was received (the Kafka record's timestamp; in a replay, its start): a clock ahead, "
+                "which would make the on-time events after it in its partition late")
 
 
 def _ts_range_detail(ts: float) -> str:

@@ -32,6 +32,11 @@ class EventsParams(Section):
     max_event_bytes: int = Field(
         1_048_576, ge=64, description="larger messages are rejected as too_large (bytes)"
     )
+    max_ahead_s: float = Field(
+        60.0, ge=0, description="events dated more than this after their message was received (its Kafka timestamp; "
+        "replay: its start) are rejected as future_ts: kept, one would make the on-time events after it late. At most "
+        "the detectors' allowed_lateness_s; 0 = no check (seconds)",
+    )
 
 
 class CoActionParams(Section):

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import repeat
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import IO, Any
 import orjson
 from tqdm import tqdm
 
-from detectors.events import Event, Rejection, parse_messages
+from detectors.events import Event, Rejection, future_limits, parse_messages
 from detectors.pipeline import DetectorConfig, Pipeline, tune_gc
 
 
@@ -83,9 +84,14 @@ def replay(
     *,
     batch_size: int,
     max_event_bytes: int,
+    max_ahead_s: float,
     progress: bool = False,
 ) -> ReplaySummary:
-    """Run ``src`` through a fresh pipeline; write alerts to ``out``, rejects beside it."""
+    """Run ``src`` through a fresh pipeline; write alerts to ``out``, rejects beside it. A
+    file has no record timestamps: every line counts as received when the replay starts
+    (``max_ahead_s``, :func:`~detectors.events.future_limits`), so only an event dated after
+    that is rejected, which no clock of the past could have written."""
+    (limit,) = future_limits([time.time()], max_ahead_s)
     summary = ReplaySummary()
     pipeline = Pipeline.from_config(config)
     t0 = time.perf_counter()
@@ -104,7 +110,7 @@ def replay(
                 summary.alerts[a.type] += 1
                 alerts_out.write(a.to_json() + b"\n")
 
-        for batch in _batches(lines, batch_size, max_event_bytes, summary, rejects_out):
+        for batch in _batches(lines, batch_size, max_event_bytes, limit, summary, rejects_out):
             emit(pipeline.process(batch))
             for e in pipeline.late:  # their line numbers are not kept: the rejects line says null
                 summary.rejected["late"] += 1
@@ -129,6 +135,7 @@ def _batches(
     stream: IO[bytes],
     size: int,
     max_bytes: int,
+    limit: float,
     summary: ReplaySummary,
     rejects: IO[bytes],
     block_bytes: int = READ_BLOCK_BYTES,
@@ -137,12 +144,13 @@ def _batches(
 
     The same events and rejections, with the same line numbers, as ``parse_message`` line
     by line over ``for line in stream`` (each line without its ``\\r\\n``; a line holding
-    only whitespace is skipped, though it counts for the line numbers).
+    only whitespace is skipped, though it counts for the line numbers; ``limit``: the latest
+    ``ts`` accepted).
     """
     pending: list[Event] = []
     number = 0  # lines before the current block
     for lines in _line_blocks(stream, block_bytes):
-        events, rejected = parse_messages(lines, max_bytes)
+        events, rejected = parse_messages(lines, max_bytes, repeat(limit))
         for i, r in rejected:
             if lines[i].strip():  # a blank line is skipped, not rejected (all of them reject)
                 summary.rejected[r.reason] += 1

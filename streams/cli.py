@@ -98,6 +98,7 @@ def replay_cmd(loaded: cfg.Loaded, events: Path, out: Path, summary_json: Path |
         c,
         batch_size=c.replay.batch_size,
         max_event_bytes=c.events.max_event_bytes,
+        max_ahead_s=c.events.max_ahead_s,
         progress=c.replay.progress,
     )
     click.echo(summary.format(), err=True)

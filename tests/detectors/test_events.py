@@ -10,6 +10,7 @@ import ast
 import gzip
 import io
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -231,7 +232,7 @@ def test_docs_table_examples_give_their_reason():
         if shown.startswith("`b'"):
             results = parse_message(ast.literal_eval(shown.strip("`")))
             assert [r.reason for r in results if isinstance(r, Rejection)] == [code], shown
-    assert documented == {code for _, code in CASES} | {"too_large", "empty_envelope"}
+    assert documented == {code for _, code in CASES} | {"too_large", "empty_envelope", "future_ts"}
 
 
 # --- envelopes --------------------------------------------------------------------------
@@ -498,11 +499,12 @@ messages = st.one_of(
 )
 
 
-def _one_by_one(msgs: list[bytes], max_bytes: int) -> tuple[list[Event], list[tuple[int, Rejection]]]:
+def _one_by_one(msgs: list[bytes], max_bytes: int,
+                limits: list[float] | None = None) -> tuple[list[Event], list[tuple[int, Rejection]]]:  # fmt: skip
     events: list[Event] = []
     rejected: list[tuple[int, Rejection]] = []
     for i, m in enumerate(msgs):
-        for item in parse_message(m, max_bytes):
+        for item in parse_message(m, max_bytes, math.inf if limits is None else limits[i]):
             if isinstance(item, Rejection):
                 rejected.append((i, item))
             else:
@@ -511,10 +513,31 @@ def _one_by_one(msgs: list[bytes], max_bytes: int) -> tuple[list[Event], list[tu
 
 
 @settings(max_examples=250, deadline=None)
-@given(st.lists(messages, max_size=12), st.sampled_from([MAX_EVENT_BYTES, 60]))
-def test_parse_messages_equals_parse_message_one_by_one(msgs: list[bytes], max_bytes: int):
-    """Same events (derived ids included), same rejections with their message's position."""
-    assert parse_messages(msgs, max_bytes) == _one_by_one(msgs, max_bytes)
+@given(st.lists(st.tuples(messages, st.sampled_from([math.inf, 1631900000.0, 1631899999.5, 0.0])), max_size=12),
+       st.sampled_from([MAX_EVENT_BYTES, 60]))  # fmt: skip
+def test_parse_messages_equals_parse_message_one_by_one(msgs: list[tuple[bytes, float]], max_bytes: int):
+    """Same events (derived ids included), same rejections with their message's position;
+    also with each message's latest ``ts`` (future_ts)."""
+    raw, limits = [m for m, _ in msgs], [t for _, t in msgs]
+    assert parse_messages(raw, max_bytes) == _one_by_one(raw, max_bytes)
+    assert parse_messages(raw, max_bytes, limits) == _one_by_one(raw, max_bytes, limits)
+
+
+def test_an_event_dated_after_its_messages_limit_is_future_ts_whole_or_in_an_envelope():
+    """The row of the docs' reasons table, and future_limits: events.max_ahead_s after when
+    a message was received (0: no limit; an unknown time, -1 or None: no limit)."""
+    early, late = with_(ts=1631900060), with_(ts=1631900061)
+    limits = events_module.future_limits([1631900000, 1631900000, -1, None], 60)
+    assert limits == [1631900060, 1631900060, math.inf, math.inf]
+    assert events_module.future_limits([1631900000], 0) == [math.inf]
+    assert isinstance(parse_message(early, limit=limits[0])[0], Event)
+    (r,) = parse_message(late, limit=limits[0])
+    assert (r.reason, r.raw, r.index) == ("future_ts", late, None) and "2021-09-17T17:34:20Z" in r.detail
+    env = b"[" + early + b"," + late + b"]"
+    assert [getattr(x, "reason", None) for x in parse_message(env, limit=limits[0])] == [None, "future_ts"]
+    events, rejected = parse_messages([late, env, late], limits=[limits[2], limits[0], limits[1]])
+    assert [(i, r.reason, r.index) for i, r in rejected] == [(1, "future_ts", 1), (2, "future_ts", None)]
+    assert [e.ts for e in events] == [1631900061.0, 1631900060.0]
 
 
 def test_parse_messages_inlined_usual_event_equals_parse_message():
@@ -545,6 +568,9 @@ def test_parse_messages_inlined_usual_event_equals_parse_message():
     absent = {k: v for k, v in base.items() if k != "event_id"}
     msgs += [orjson.dumps(absent), orjson.dumps({**absent, "text": "x"}), orjson.dumps({"text": "only"})]
     assert parse_messages(msgs) == _one_by_one(msgs, MAX_EVENT_BYTES)
+    limits = [1631900000.2] * len(msgs)  # the float ts of base is after it, the int one not
+    assert parse_messages(msgs, limits=limits) == _one_by_one(msgs, MAX_EVENT_BYTES, limits)
+    assert any(r.reason == "future_ts" for _, r in parse_messages(msgs, limits=limits)[1])
 
 
 def test_parse_messages_one_bad_line_among_good_ones():
@@ -616,7 +642,7 @@ def _replay_reference(data: bytes, max_bytes: int) -> tuple[list[Event], list[by
 def _replay_blocks(stream: io.BufferedIOBase, size: int, max_bytes: int, block: int) -> tuple[list[Event], list[bytes], ReplaySummary]:
     summary = ReplaySummary()
     out = io.BytesIO()
-    batches = list(_batches(stream, size, max_bytes, summary, out, block_bytes=block))  # type: ignore[arg-type]
+    batches = list(_batches(stream, size, max_bytes, math.inf, summary, out, block_bytes=block))  # type: ignore[arg-type]
     assert all(len(b) == size for b in batches[:-1]) and all(0 < len(b) <= size for b in batches[-1:])
     rejects = [orjson.loads(x) for x in out.getvalue().splitlines()]
     rows = [orjson.dumps([r["line"], r["index"], r["reason"], r["detail"], r["raw"]]) for r in rejects]

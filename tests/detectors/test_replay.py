@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import orjson
@@ -16,18 +18,34 @@ def write(path: Path, rows: list[bytes]) -> Path:
     return path
 
 
-def test_late_and_bad_lines_go_to_the_rejects_file_and_change_nothing_else(tmp_path: Path) -> None:
+def test_late_future_and_bad_lines_go_to_the_rejects_file_and_change_nothing_else(tmp_path: Path) -> None:
+    """Also an event dated a week after the replay's start (a clock ahead), early in the file:
+    kept, it would make nearly every later event late (test_a_clock_ahead_...)."""
     events = list(SyntheticStream(seed=1, hours=2, rate=3, accounts=8000).events())
     rows = [orjson.dumps(e) for e in events]
     late = dict(events[10], event_id="late-one", ts=events[-1]["ts"] - 3600)
+    ahead = dict(events[20], event_id="clock-ahead", ts=time.time() + 7 * 86400)
     config = Config()
-    clean = replay(write(tmp_path / "clean.jsonl", rows), tmp_path / "a.jsonl", config, batch_size=5000,
-                   max_event_bytes=config.events.max_event_bytes)  # fmt: skip
-    dirty_rows = [*rows[: len(rows) - 10], b"{not json", orjson.dumps(late), *rows[len(rows) - 10 :]]
-    dirty = replay(write(tmp_path / "dirty.jsonl", dirty_rows), tmp_path / "b.jsonl", config, batch_size=5000,
-                   max_event_bytes=config.events.max_event_bytes)  # fmt: skip
+    run = functools.partial(replay, config=config, batch_size=5000, max_event_bytes=config.events.max_event_bytes,
+                            max_ahead_s=config.events.max_ahead_s)  # fmt: skip
+    clean = run(write(tmp_path / "clean.jsonl", rows), tmp_path / "a.jsonl")
+    dirty_rows = [*rows[:100], orjson.dumps(ahead), *rows[100 : len(rows) - 10], b"{not json", orjson.dumps(late),
+                  *rows[len(rows) - 10 :]]  # fmt: skip
+    dirty = run(write(tmp_path / "dirty.jsonl", dirty_rows), tmp_path / "b.jsonl")
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
-    assert dirty.rejected == {"not_json": 1, "late": 1} and dirty.events == clean.events
+    assert dirty.rejected == {"future_ts": 1, "not_json": 1, "late": 1} and dirty.events == clean.events
     rejects = [orjson.loads(x) for x in rejects_path(tmp_path / "b.jsonl").read_bytes().splitlines()]
-    assert [(r["reason"], r["line"]) for r in rejects] == [("not_json", len(rows) - 9), ("late", None)]
-    assert orjson.loads(rejects[1]["raw"])["event_id"] == "late-one"
+    assert [(r["reason"], r["line"]) for r in rejects] == [("future_ts", 101), ("not_json", len(rows) - 8),
+                                                           ("late", None)]  # fmt: skip
+    assert orjson.loads(rejects[2]["raw"])["event_id"] == "late-one"
+
+
+def test_a_clock_ahead_kept_makes_the_on_time_events_after_it_late(tmp_path: Path) -> None:
+    """What future_ts guards against: with the check off the same file loses its alerts."""
+    events = list(SyntheticStream(seed=1, hours=2, rate=3, accounts=8000).events())
+    rows = [orjson.dumps(e) for e in events]
+    ahead = orjson.dumps(dict(events[20], event_id="clock-ahead", ts=time.time() + 7 * 86400))
+    config = Config()
+    off = replay(write(tmp_path / "dirty.jsonl", [*rows[:100], ahead, *rows[100:]]), tmp_path / "b.jsonl", config,
+                 batch_size=5000, max_event_bytes=config.events.max_event_bytes, max_ahead_s=0)  # fmt: skip
+    assert off.rejected["late"] > 0.95 * len(rows) and not sum(off.alerts.values())
