@@ -158,7 +158,7 @@ class Runner:
         self.stages: dict[TP, Stage] = {}
         self.streams: dict[str, StreamT] = {}
         self.work_partitions = len(work_units(config))
-        self.parse = ParseCache(config.events.max_event_bytes)
+        self.parse = ParseCache(config.events.max_event_bytes, config.events.max_ahead_s)
         self.framer = Framer(config, self.parse)
         self.input = InputReader(config, f"{config.kafka.app_id}-{worker_id}-ingest")
         self._lock = asyncio.Lock()
@@ -200,6 +200,7 @@ class Runner:
             offsets: list[int] = []
             keys: list[bytes | None] = []
             values: list[bytes] = []
+            times: list[int] = []  # the records' timestamps (ms): events dated far after them are future_ts
             for msg in batch:
                 value = msg.value or b""
                 if len(value) > max_bytes:  # never framed: the work topic's messages stay bounded
@@ -209,8 +210,9 @@ class Runner:
                 offsets.append(msg.offset)
                 keys.append(msg.key)
                 values.append(value)
+                times.append(-1 if msg.timestamp is None else msg.timestamp)
             for lo, hi in chunks([len(v) + len(k or b"") for k, v in zip(keys, values)], self.framer.frame_bytes):
-                part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi])
+                part = (src, offsets[lo:hi], keys[lo:hi], values[lo:hi], times[lo:hi])
                 # on the stages' thread if it parses (their parse cache), else here: zstd releases
                 # the GIL, so here it compresses beside the detection, not after it
                 frames, dead = await self._cpu(self.framer, *part) if self.framer.parses else self.framer(*part)
@@ -224,7 +226,7 @@ class Runner:
         """The input partitions' high watermarks alone (an empty frame of no partition), for
         the detect stages to tell a partition with nothing new from one whose input is coming."""
         if highwaters := await self.input.highwaters():  # none if no input partition is assigned here
-            empty = self.framer.alike(pack_frames([], [], []))
+            empty = self.framer.alike(pack_frames([], [], [], []))
             await asyncio.gather(*await self._frame(empty, None, highwaters))
 
     async def _frame(self, frames: list[bytes | None], tp: TP | None,

@@ -25,7 +25,7 @@ import zstandard
 from faust.types import TP, EventT
 
 from detectors.base import WHOLE, Alert, Shard
-from detectors.events import Event, Rejection, pack_events, parse_with_origins, unpack_events
+from detectors.events import Event, Rejection, future_limits, pack_events, parse_with_origins, unpack_events
 from detectors.parts import PartDetector
 from detectors.pipeline import (
     AlertOrder,
@@ -157,31 +157,41 @@ def internal_topics(config: Config) -> list[tuple[list[str], int, dict[str, str]
     ]
 
 
-# -- frames: input messages with their offsets and keys, one work-topic message ----------
+# -- frames: input messages with their offsets, keys and times, one work-topic message ----
 _HEAD = struct.Struct(">I")
+#: set in a frame's count when the frame holds its messages' timestamps (an older worker's
+#: frames do not: their timestamps read as unknown, so their events are not checked for
+#: future_ts)
+_TIMED = 1 << 31
+
+#: a frame's messages: offsets, keys, values and Kafka timestamps (ms, -1 if not known)
+Parts = tuple[list[int], list[bytes | None], list[bytes], list[int]]
 
 
-def pack_frames(offsets: Sequence[int], keys: Sequence[bytes | None], values: Sequence[bytes]) -> bytes:
-    """``n``, ``n`` offsets (int64), key and value lengths (uint32; a missing key is
-    0xFFFFFFFF), then the keys and the values back to back."""
+def pack_frames(offsets: Sequence[int], keys: Sequence[bytes | None], values: Sequence[bytes],
+                times: Sequence[int]) -> bytes:  # fmt: skip
+    """``n`` (with :data:`_TIMED`), ``n`` offsets (int64), key and value lengths (uint32; a
+    missing key is 0xFFFFFFFF), timestamps (int64 ms), then the keys and the values back to back."""
     klen = [0xFFFFFFFF if k is None else len(k) for k in keys]
     head = b"".join(np.array(x, dtype=d).tobytes() for x, d in
-                    ((offsets, ">i8"), (klen, ">u4"), ([len(v) for v in values], ">u4")))  # fmt: skip
-    return _HEAD.pack(len(values)) + head + b"".join(k or b"" for k in keys) + b"".join(values)
+                    ((offsets, ">i8"), (klen, ">u4"), ([len(v) for v in values], ">u4"), (times, ">i8")))  # fmt: skip
+    return _HEAD.pack(len(values) | _TIMED) + head + b"".join(k or b"" for k in keys) + b"".join(values)
 
 
-def unpack_frames(data: bytes) -> tuple[list[int], list[bytes | None], list[bytes]]:
+def unpack_frames(data: bytes) -> Parts:
     (n,) = _HEAD.unpack_from(data)
+    timed, n = bool(n & _TIMED), n & ~_TIMED
     offsets = np.frombuffer(data, dtype=">i8", count=n, offset=4).tolist()
     klen = np.frombuffer(data, dtype=">u4", count=n, offset=4 + 8 * n).astype(np.int64)
     vlen = np.frombuffer(data, dtype=">u4", count=n, offset=4 + 12 * n).astype(np.int64)
+    times = np.frombuffer(data, dtype=">i8", count=n, offset=4 + 16 * n).tolist() if timed else [-1] * n
     none = klen == 0xFFFFFFFF
     klen[none] = 0
     ends = np.cumsum(np.concatenate((klen, vlen))).tolist()
-    base = 4 + 16 * n
+    base = 4 + (24 if timed else 16) * n
     parts = [data[base + a : base + b] for a, b in zip([0, *ends[:-1]], ends)]
     keys = [None if nk else k for nk, k in zip(none.tolist(), parts[:n])]
-    return offsets, keys, parts[n:]
+    return offsets, keys, parts[n:], times
 
 
 Span = tuple[int, int, int]  # a frame's first and last input offsets, and how many messages
@@ -211,12 +221,12 @@ class Frame:
     def __init__(self, span: Span | None, read: Callable[[], bytes]) -> None:
         self._span, self._read = span, read
         self._data: bytes | None = None
-        self._parts: tuple[list[int], list[bytes | None], list[bytes]] | None = None
+        self._parts: Parts | None = None
 
     @classmethod
-    def of(cls, offsets: list[int], keys: list[bytes | None], values: list[bytes]) -> Frame:
-        frame = cls(span_of(offsets), lambda: pack_frames(offsets, keys, values))
-        frame._parts = (offsets, keys, values)
+    def of(cls, offsets: list[int], keys: list[bytes | None], values: list[bytes], times: list[int]) -> Frame:
+        frame = cls(span_of(offsets), lambda: pack_frames(offsets, keys, values, times))
+        frame._parts = (offsets, keys, values, times)
         return frame
 
     @classmethod
@@ -237,8 +247,8 @@ class Frame:
         return self._data
 
     @property
-    def parts(self) -> tuple[list[int], list[bytes | None], list[bytes]]:
-        """Its messages' offsets, keys and values."""
+    def parts(self) -> Parts:
+        """Its messages' offsets, keys, values and timestamps."""
         if self._parts is None:
             self._parts = unpack_frames(self.data)
         return self._parts
@@ -256,9 +266,8 @@ class Frame:
             return self
         if last < done:
             return None
-        offsets, keys, values = self.parts
-        keep = [i for i, o in enumerate(offsets) if o >= done]
-        return Frame.of(*([x[i] for i in keep] for x in (offsets, keys, values)))
+        keep = [i for i, o in enumerate(self.parts[0]) if o >= done]
+        return Frame.of(*([x[i] for i in keep] for x in self.parts))
 
 
 # -- routed frames: a shard's events of a frame, with the offsets and times of all its events --
@@ -360,8 +369,8 @@ class ParseCache:
 
     MAX_BYTES = 48 << 20
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, max_ahead_s: float) -> None:
+        self.max_bytes, self.max_ahead_s = max_bytes, max_ahead_s
         self._done: OrderedDict[tuple[Any, ...], tuple[Parsed, int]] = OrderedDict()
         self._bytes = 0
 
@@ -370,8 +379,9 @@ class ParseCache:
         if (hit := self._done.get(key)) is not None:
             self._done.move_to_end(key)
             return hit[0]
-        values = frame.parts[2]
-        parsed = parse_with_origins(values, self.max_bytes)
+        _, _, values, times = frame.parts
+        limits = future_limits([t / 1000 if t >= 0 else None for t in times], self.max_ahead_s)
+        parsed = parse_with_origins(values, self.max_bytes, limits)
         size = sum(map(len, values))
         self._done[key] = (parsed, size)
         self._bytes += size
@@ -408,12 +418,12 @@ class Framer:
         self._zstd = zstandard.ZstdCompressor(level=1)  # 3.2x on JSON events at ~300 MB/s (level 3: 3.5x, 170 MB/s)
 
     def __call__(self, src: tuple[str, int], offsets: list[int], keys: list[bytes | None],
-                 values: list[bytes]) -> tuple[list[bytes | None], list[Send]]:  # fmt: skip
+                 values: list[bytes], times: list[int]) -> tuple[list[bytes | None], list[Send]]:  # fmt: skip
         """Per work partition its frame (None: the partition takes no frames), and the dead letters."""
-        frame = self._zstd.compress(pack_frames(offsets, keys, values))
+        frame = self._zstd.compress(pack_frames(offsets, keys, values, times))
         if not self.parses:
             return self.alike(frame), []
-        events, rejected, origins = self.parse(src, Frame.of(offsets, keys, values))
+        events, rejected, origins = self.parse(src, Frame.of(offsets, keys, values, times))
         dead = [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         at = np.asarray(offsets, dtype=np.int64)[origins]
         times = np.fromiter(map(attrgetter("ts"), events), dtype=np.float64, count=len(events))
@@ -575,7 +585,7 @@ class DetectStage(Stage):
             nxt = new.span[1] + 1
             events, rejected, _ = self.parse(src, new)
             if self.rejects and rejected:
-                offsets, keys, _ = new.parts
+                offsets, keys = new.parts[:2]
                 out.sends += [dead_letter(self.config, src, offsets[i], keys[i], None, r) for i, r in rejected]
         self.offsets[src] = nxt
         self.progress[key] = now

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -48,21 +49,30 @@ from streams.stages import (
     work_units,
 )
 
-messages = st.lists(st.tuples(st.integers(0, 2**62), st.none() | st.binary(max_size=20), st.binary(max_size=200)),
-                    min_size=1, max_size=30)  # fmt: skip
+#: the Kafka timestamp of the test input's messages (ms): 2027, after every event in it
+RECEIVED_MS = 1_800_000_000_000
+
+messages = st.lists(st.tuples(st.integers(0, 2**62), st.none() | st.binary(max_size=20), st.binary(max_size=200),
+                              st.integers(-1, 2**50)), min_size=1, max_size=30)  # fmt: skip
 
 
 @given(messages)
-def test_frames_give_back_the_offsets_keys_and_values(msgs: list[tuple[int, bytes | None, bytes]]) -> None:
-    offsets, keys, values = (list(x) for x in zip(*msgs))
-    assert unpack_frames(pack_frames(offsets, keys, values)) == (offsets, keys, values)
+def test_frames_give_back_the_offsets_keys_values_and_times(msgs: list[tuple[int, bytes | None, bytes, int]]) -> None:
+    offsets, keys, values, times = (list(x) for x in zip(*msgs))
+    assert unpack_frames(pack_frames(offsets, keys, values, times)) == (offsets, keys, values, times)
     # a received frame names its messages from the span header, or without it from its bytes
-    data, unzstd = zstandard.ZstdCompressor().compress(pack_frames(offsets, keys, values)), zstandard.ZstdDecompressor()
-    codec = dict([FRAME_CODEC])
+    data = zstandard.ZstdCompressor().compress(pack_frames(offsets, keys, values, times))
+    unzstd, codec = zstandard.ZstdDecompressor(), dict([FRAME_CODEC])
     with_span = Frame.received(data, codec | {FRAME_SPAN: pack_span(offsets)}, unzstd)
     without = Frame.received(data, codec, unzstd)
     assert with_span.span == without.span == (offsets[0], offsets[-1], len(offsets))
-    assert with_span.parts == without.parts == (offsets, keys, values)
+    assert with_span.parts == without.parts == (offsets, keys, values, times)
+    # an older worker's frame (no times): the same messages, their times not known
+    klen = [0xFFFFFFFF if k is None else len(k) for k in keys]
+    old = (struct.pack(">I", len(values)) + b"".join(np.array(x, d).tobytes() for x, d in
+           ((offsets, ">i8"), (klen, ">u4"), ([len(v) for v in values], ">u4"))) + b"".join(k or b"" for k in keys)
+           + b"".join(values))  # fmt: skip
+    assert unpack_frames(old) == (offsets, keys, values, [-1] * len(values))
 
 
 @given(st.lists(st.integers(0, 100), min_size=1, max_size=50), st.integers(1, 150))
@@ -90,14 +100,15 @@ def input_lines() -> list[bytes]:
     return [orjson.dumps(e) for e in SyntheticStream(seed=4, hours=3, rate=3, accounts=6000).events()]
 
 
-def work_log(resend_every: int = 0) -> list[Msg | bytes]:
-    """The work partition's messages: frames of 40 input messages from one source partition;
-    with ``resend_every``, each such frame is followed by a copy of the one before it (an
-    ingest that restarted and sent its input again)."""
-    lines, out, frames = input_lines(), [], []
+def work_log(resend_every: int = 0, lines: list[bytes] | None = None) -> list[Msg | bytes]:
+    """The work partition's messages: frames of 40 input messages (``lines``, default
+    :func:`input_lines`) from one source partition; with ``resend_every``, each such frame is
+    followed by a copy of the one before it (an ingest that restarted and sent its input again)."""
+    lines, out, frames = lines or input_lines(), [], []
     headers = [("source_topic", b"ev"), ("source_partition", b"0")]
     for lo in range(0, len(lines), 40):
-        frames.append(pack_frames(list(range(lo, lo + 40))[: len(lines) - lo], [None] * 40, lines[lo : lo + 40]))
+        n = len(lines[lo : lo + 40])
+        frames.append(pack_frames(list(range(lo, lo + n)), [None] * n, lines[lo : lo + 40], [RECEIVED_MS] * n))
         out.append(frames[-1])
         if resend_every and len(frames) % resend_every == 0:
             out.append(frames[-2])
@@ -130,7 +141,7 @@ CONFIGS = {"whole": WHOLE, "sharded": SHARDED, "objects": OBJECTS, "bands": BAND
 
 
 def detect_stage(u: int, partitions: int = 1, config: Config = WHOLE) -> DetectStage:
-    args = (config, TP(work_topic(config), u), APP, ParseCache(config.events.max_event_bytes),
+    args = (config, TP(work_topic(config), u), APP, ParseCache(config.events.max_event_bytes, config.events.max_ahead_s),
             [("ev", p) for p in range(partitions)])  # fmt: skip
     stage = DetectStage(*args)
     stage._args = args  # type: ignore[attr-defined]
@@ -142,16 +153,16 @@ def routed(config: Config, msgs: list[Msg], values: list[bytes]) -> tuple[list[M
     frame, a shard the events of its keys, compressed): the messages (a frame's with the
     codec and span headers) and per work partition their values; a report is a report to
     every one."""
-    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    framer = Framer(config, ParseCache(config.events.max_event_bytes, config.events.max_ahead_s))
     sent: list[Msg] = []
     out: list[list[bytes]] = [[] for _ in work_units(config)]
     for m, v in zip(msgs, values):
         headers = dict(m.headers)
         if "source_topic" in headers:
             src = (headers["source_topic"].decode(), int(headers["source_partition"]))
-            offsets, keys, values = unpack_frames(v)
-            per_unit, _ = framer(src, offsets, keys, values)  # and the dead letters, which ingest sends
-            m = m._replace(headers=[*m.headers, FRAME_CODEC, (FRAME_SPAN, pack_span(offsets))])
+            parts = unpack_frames(v)
+            per_unit, _ = framer(src, *parts)  # and the dead letters, which ingest sends
+            m = m._replace(headers=[*m.headers, FRAME_CODEC, (FRAME_SPAN, pack_span(parts[0]))])
         else:
             per_unit = [v] * len(out)
         sent.append(m)
@@ -281,7 +292,7 @@ def test_the_stages_of_a_worker_taken_in_step_parse_each_frame_once(monkeypatch:
     monkeypatch.setattr(ParseCache, "MAX_BYTES", 2 * max(map(len, input_lines())) * 40)
 
     def run(order: Callable[[list[Any]], list[Any]]) -> dict[int, list[Send]]:
-        cache = ParseCache(config.events.max_event_bytes)
+        cache = ParseCache(config.events.max_event_bytes, config.events.max_ahead_s)
         units = [DetectStage(config, TP(work_topic(config), u), APP, cache, [("ev", 0)]) for u in range(3)]
         # Faust's order: runs of 5 messages of each partition in turn
         todo = [(units[u], m, per_unit[u][i]) for lo in range(0, len(msgs), 5) for u in range(3)
@@ -308,7 +319,7 @@ def test_a_stage_reads_only_the_span_of_a_frame_another_stage_parsed() -> None:
     stages send what each sends alone."""
     config = WHOLE
     msgs, per_unit = routed(config, *work_log())
-    cache = ParseCache(config.events.max_event_bytes)
+    cache = ParseCache(config.events.max_event_bytes, config.events.max_ahead_s)
     units = [DetectStage(config, TP(work_topic(config), u), APP, cache, [("ev", 0)]) for u in range(3)]
     sent: dict[int, list[Send]] = {u: [] for u in range(3)}
     for i, m in enumerate(msgs):
@@ -318,7 +329,7 @@ def test_a_stage_reads_only_the_span_of_a_frame_another_stage_parsed() -> None:
             sent[u] += out.sends + [(a.type, None, a.to_json(), None, None) for a in out.alerts]
     assert sent == {u: detect_runs()[u] for u in range(3)}
     with pytest.raises(zstandard.ZstdError):  # the first stage does read the bytes
-        DetectStage(config, TP(work_topic(config), 0), APP, ParseCache(config.events.max_event_bytes),
+        DetectStage(config, TP(work_topic(config), 0), APP, ParseCache(config.events.max_event_bytes, config.events.max_ahead_s),
                     [("ev", 0)]).handle(msgs[0], b"not a frame")  # fmt: skip
 
 
@@ -332,8 +343,8 @@ def spread_frames(partitions: int) -> list[list[tuple[list[int], bytes]]]:
     for p in range(partitions):
         mine = messages[p::partitions]
         out.append([(list(range(i, min(i + 3, len(mine)))), pack_frames(list(range(i, min(i + 3, len(mine)))),
-                    [None] * len(mine[i : i + 3]), [b"[" + b",".join(m) + b"]" for m in mine[i : i + 3]]))
-                    for i in range(0, len(mine), 3)])  # fmt: skip
+                    [None] * len(mine[i : i + 3]), [b"[" + b",".join(m) + b"]" for m in mine[i : i + 3]],
+                    [RECEIVED_MS] * len(mine[i : i + 3]))) for i in range(0, len(mine), 3)])  # fmt: skip
     return out
 
 
@@ -350,7 +361,7 @@ def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
     nxt = [0] * len(frames)
     msgs = [Msg(i, [("highwaters", pack_highwaters({("ev", p): (0, 0.0) for p in mine}))], timestamp=0.0)
             for i, mine in enumerate(ingests)]  # fmt: skip
-    values = [pack_frames([], [], [])] * len(ingests)
+    values = [pack_frames([], [], [], [])] * len(ingests)
     for p in order:
         offsets, frame = frames[p][nxt[p]]
         nxt[p] += 1
@@ -368,6 +379,28 @@ def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
 def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]:
     alerts = [line for t, _, v, _, _ in sends if t.endswith(".link") for line in v.split(b"\n")[1:]]
     return alerts, [x for x in sends if x[0] == WHOLE.topics.dead_letter]
+
+
+def test_an_event_dated_after_its_messages_timestamp_is_dead_lettered_and_changes_no_alert() -> None:
+    """A clock ahead: an event an hour after its message's Kafka timestamp, early in the
+    input. The first detect stage dead-letters it (future_ts, with its source offset) and
+    every stage sends the alerts of the input without it; with the check off it would have
+    made nearly every later event late."""
+    lines = input_lines()
+    ahead = orjson.dumps({"ts": RECEIVED_MS / 1000 + 3600, "account_id": "skewed", "action": "post", "text": "ahead"})
+
+    def run(config: Config, log: list[bytes]) -> tuple[list[bytes], list[Send]]:
+        sent, per_unit = routed(config, *work_log(lines=log))
+        sends = [x for u, mine in enumerate(per_unit) for x in drive(detect_stage(u, config=config), sent, mine)[0]]
+        return alerts_and_dead_letters(sends)
+
+    clean, _ = run(WHOLE, lines)
+    alerts, dead = run(WHOLE, [*lines[:100], ahead, *lines[100:]])
+    assert clean and alerts == clean
+    assert [(dict(h)["reason"], dict(h)["source_offset"], v) for _, _, v, _, h in dead] == [(b"future_ts", b"100", ahead)]
+    off = Config(events={"max_ahead_s": 0})
+    alerts, dead = run(off, [*lines[:100], ahead, *lines[100:]])
+    assert len(dead) > 0.9 * len(lines) and {dict(h)["reason"] for *_, h in dead} == {b"late"} and not alerts
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -416,7 +449,7 @@ def test_a_partition_with_nothing_new_holds_no_tick_but_one_not_heard_of_or_stal
         for i, (_, frame) in enumerate(frames):
             if (highwater := report(i)) is not None:
                 msgs.append(Msg(len(msgs), [("highwaters", pack_highwaters({("ev", 1): (highwater, i)}))], timestamp=i))
-                values.append(pack_frames([], [], []))
+                values.append(pack_frames([], [], [], []))
             p0 = [("highwaters", pack_highwaters({("ev", 0): (end, i)})),
                   ("source_topic", b"ev"), ("source_partition", b"0")]  # fmt: skip
             msgs.append(Msg(len(msgs), p0, timestamp=i))
@@ -454,7 +487,8 @@ def test_a_shard_given_a_frame_cut_across_one_it_has_taken_takes_only_the_new_me
     headers = [("source_topic", b"ev"), ("source_partition", b"0")]
 
     def log(bounds: list[tuple[int, int]]) -> tuple[list[Msg], list[bytes]]:
-        values = [pack_frames(list(range(a, b)), [None] * (b - a), messages[a:b]) for a, b in bounds]
+        values = [pack_frames(list(range(a, b)), [None] * (b - a), messages[a:b], [RECEIVED_MS] * (b - a))
+                  for a, b in bounds]  # fmt: skip
         return [Msg(i, headers) for i in range(len(values))], values
 
     even = [(a, min(a + 40, len(messages))) for a in range(0, len(messages), 40)]
@@ -473,7 +507,7 @@ def test_a_routed_frame_stays_within_the_largest_message_a_worker_sends() -> Non
     hashtags and URLs (both extracted beside the text), tiny events without ids (derived), and
     one message alone of ``max_event_bytes``; every event in the shard (one hashtag each)."""
     config = Config(work=WorkParams(shards={"burst": 2}))
-    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    framer = Framer(config, ParseCache(config.events.max_event_bytes, config.events.max_ahead_s))
     limit = max_message_bytes(config)
     tag = next(f"t{i}" for i in range(100) if framer.routers["burst"].route(  # a hashtag of shard 0
         parse_messages([orjson.dumps({"ts": 1.0, "account_id": "a", "action": "post", "text": f"#t{i}"})])[0],
@@ -483,7 +517,7 @@ def test_a_routed_frame_stays_within_the_largest_message_a_worker_sends() -> Non
     tiny = orjson.dumps({"ts": 1.0, "account_id": "a", "action": "like", "hashtags": [tag]})
     huge = b"[" + b",".join([tiny] * (config.events.max_event_bytes // (len(tiny) + 1) - 1)) + b"]"
     for one, count in ((dense, framer.frame_bytes // len(dense)), (tiny, framer.frame_bytes // len(tiny)), (huge, 1)):
-        frames, _ = framer(("ev", 0), list(range(count)), [None] * count, [one] * count)
+        frames, _ = framer(("ev", 0), list(range(count)), [None] * count, [one] * count, [RECEIVED_MS] * count)
         shard = unpack_routed(zstandard.ZstdDecompressor().decompress(frames[2]))
         assert len(shard[4]) > 0 and max(map(len, frames)) <= limit, (len(one), len(frames[2]), limit)
 
@@ -493,15 +527,15 @@ def test_a_compressed_frame_of_what_does_not_compress_stays_within_the_largest_m
     frame of random bytes, the most input it frames (``frame_bytes``, then one message of
     ``max_event_bytes``), compressed, still fits; what a stage reads back is the frame."""
     config = Config()
-    framer = Framer(config, ParseCache(config.events.max_event_bytes))
+    framer = Framer(config, ParseCache(config.events.max_event_bytes, config.events.max_ahead_s))
     rng = random.Random(5)
     values = [rng.randbytes(64 << 10) for _ in range(framer.frame_bytes // (64 << 10) - 1)]
     values.append(rng.randbytes(config.events.max_event_bytes))
-    offsets, keys = list(range(len(values))), [None] * len(values)
-    frames, _ = framer(("ev", 0), offsets, keys, values)
+    offsets, keys, times = list(range(len(values))), [None] * len(values), [RECEIVED_MS] * len(values)
+    frames, _ = framer(("ev", 0), offsets, keys, values, times)
     assert min(map(len, frames)) > sum(map(len, values)) > framer.frame_bytes  # it did not compress
     assert max(map(len, frames)) <= max_message_bytes(config)
-    assert unpack_frames(zstandard.ZstdDecompressor().decompress(frames[0])) == (offsets, keys, values)
+    assert unpack_frames(zstandard.ZstdDecompressor().decompress(frames[0])) == (offsets, keys, values, times)
 
 
 @settings(deadline=None)  # the first example parses the input

@@ -256,6 +256,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(br
         b"[]",
         b"\xff\xfe{",
         b"42",
+        orjson.dumps({"ts": time.time() + 86_400, "account_id": "a7", "action": "post", "text": "a clock ahead"}),
         good.replace(b"a1", b"a5"),
     ]
     producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
@@ -267,14 +268,15 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(br
     producer.close()
     want = []
     n_valid = 0
-    for meta, value in zip(sent, inputs, strict=True):
-        for item in parse_message(value, MAX_EVENT_BYTES):
+    for meta, value in zip(sent, inputs, strict=True):  # events.max_ahead_s (60) after the record's timestamp
+        for item in parse_message(value, MAX_EVENT_BYTES, meta.timestamp / 1000 + 60):
             if isinstance(item, Rejection):
                 want.append((meta.partition, meta.offset, item.reason, item.index, item.raw))
             else:
                 n_valid += 1
     assert {w[2] for w in want} >= {"not_json", "missing_field:account_id", "bad_ts", "bad_type:account_id",
-                                    "too_large", "missing_field:action", "empty_envelope", "not_utf8", "not_object"}
+                                    "too_large", "missing_field:action", "empty_envelope", "not_utf8", "not_object",
+                                    "future_ts"}  # fmt: skip
 
     w = s.start_worker()
     w.wait_for(lambda: w.metric("coordwatch_messages_total") >= len(inputs), 30, "all input messages")
