@@ -136,6 +136,7 @@ class Detection:
         self._newest: dict[str, float] = {}  # the newest event time added, per source
         self._first = math.inf  # the oldest on-time event time (of all events, for a shard)
         self._begun = False  # the detectors were told it (Detector.begin)
+        self.repeated: list[Event] = []  # advance()'s dropped copies, for the caller to report and clear
 
     @property
     def newest(self) -> float:
@@ -214,7 +215,7 @@ class Detection:
             ts = self._open_ts[due]
             self._open = [self._open[i] for i in np.flatnonzero(~due).tolist()]
             self._open_ts = self._open_ts[~due]
-        batch, ts = _canonical(batch, ts)
+        batch, ts = self._once(*_canonical(batch, ts))
         self._closed = upto
         horizon = math.inf if upto == math.inf else (upto + 1) * step
         # the first event is in the first tick closed with any event: none older is on time after
@@ -228,6 +229,25 @@ class Detection:
                 found += d.process(batch[lo : lo + PROCESS_EVENTS], ts[lo : lo + PROCESS_EVENTS])
             found += d.advance(horizon)
         return found
+
+    def _once(self, batch: list[Event], ts: np.ndarray) -> tuple[list[Event], np.ndarray]:
+        """The closing ticks' events (in canonical order) each once: a copy of an event that came
+        again (the same time, id, account and action: a producer's retry, a redelivery, a
+        message sent twice) goes to :attr:`repeated`. Copies sort next to each other, so only
+        neighbours of equal time are compared; a copy that comes after its tick closed is late."""
+        same = np.flatnonzero(ts[1:] == ts[:-1]).tolist()
+        again = [i + 1 for i in same if _ORDER(batch[i + 1]) == _ORDER(batch[i])]
+        if not again:
+            return batch, ts
+        self.repeated += [batch[i] for i in again]
+        keep = np.ones(len(batch), dtype=bool)
+        keep[again] = False
+        return [e for e, k in zip(batch, keep.tolist()) if k], ts[keep]
+
+    def repeated_rejection(self, e: Event) -> Rejection:
+        """What a dropped copy (:attr:`repeated`) becomes for the rejects file or the dead-letter topic."""
+        return Rejection("duplicate", "the same event (ts, event_id, account_id, action) came before it, from this "
+                         "partition or another: detected once", event_to_json(e))  # fmt: skip
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
@@ -354,12 +374,21 @@ class Pipeline:
         return self.detection.stats
 
     def process(self, events: Sequence[Event]) -> list[Alert]:
-        """Add a batch (late events into :attr:`late`) and close the ticks its newest event time allows."""
+        """Add a batch (late events into :attr:`late`) and close the ticks its newest event time
+        allows (copies of an event into :attr:`repeated`)."""
         self.late += self.detection.add(events)
         return self.advance(self.detection.newest)
 
+    @property
+    def repeated(self) -> list[Event]:
+        """The copies of events dropped so far, for the caller to report and clear."""
+        return self.detection.repeated
+
     def late_rejection(self, e: Event) -> Rejection:
         return self.detection.late_rejection(e)
+
+    def repeated_rejection(self, e: Event) -> Rejection:
+        return self.detection.repeated_rejection(e)
 
     def advance(self, watermark: float) -> list[Alert]:
         """Event time reached ``watermark``: the linked alerts of the ticks it closes.

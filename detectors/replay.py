@@ -109,14 +109,16 @@ def replay(
             for a in alerts:
                 summary.alerts[a.type] += 1
                 alerts_out.write(a.to_json() + b"\n")
+            # the events the pipeline dropped: their line numbers are not kept (the rejects line says null)
+            for r in [*map(pipeline.late_rejection, pipeline.late), *map(pipeline.repeated_rejection, pipeline.repeated)]:
+                summary.rejected[r.reason] += 1
+                summary.events -= 1
+                rejects_out.write(_reject_line(None, r) + b"\n")
+            pipeline.late.clear()
+            pipeline.repeated.clear()
 
         for batch in _batches(lines, batch_size, max_event_bytes, limit, summary, rejects_out):
             emit(pipeline.process(batch))
-            for e in pipeline.late:  # their line numbers are not kept: the rejects line says null
-                summary.rejected["late"] += 1
-                summary.events -= 1
-                rejects_out.write(_reject_line(None, pipeline.late_rejection(e)) + b"\n")
-            pipeline.late.clear()
             bar.update(size_pos() - bar.n)
         emit(pipeline.advance(float("inf")))
     summary.seconds = time.perf_counter() - t0

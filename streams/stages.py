@@ -560,6 +560,10 @@ class DetectStage(Stage):
                 out.sends += [(work_topic(self.config), None, self._zstd.compress(seg.to_bytes()), self.merge, headers)
                               for seg in part.outbox]  # fmt: skip
                 part.outbox.clear()
+        if self.late_as is not None:  # a copy of an event: from no one partition
+            out.sends += [dead_letter(self.config, None, None, None, self.late_as, self.detection.repeated_rejection(e))
+                          for e in self.detection.repeated]  # fmt: skip
+        self.detection.repeated.clear()
         return out
 
     def _take(self, src: tuple[str, int], frame: Frame, now: float, out: Out) -> None:
@@ -737,12 +741,14 @@ class LinkStage(Stage):
 
 
 def dead_letter(
-    config: Config, src: tuple[str, int], offset: int | None, key: bytes | None, detector: str | None, r: Rejection
+    config: Config, src: tuple[str, int] | None, offset: int | None, key: bytes | None, detector: str | None,
+    r: Rejection,
 ) -> Send:
-    """A rejection as a dead-letter send (the rejected bytes, cut at ``DLQ_MAX_BYTES``)."""
+    """A rejection as a dead-letter send (the rejected bytes, cut at ``DLQ_MAX_BYTES``);
+    ``src``: the input partition it came from, if one."""
     REJECTED.labels(r.reason).inc()
     value = r.raw
-    headers = [("source_topic", src[0].encode()), ("source_partition", str(src[1]).encode())]
+    headers = [] if src is None else [("source_topic", src[0].encode()), ("source_partition", str(src[1]).encode())]
     if offset is not None:
         headers.append(("source_offset", str(offset).encode()))
     headers += [("reason", r.reason.encode()), ("detail", r.detail.encode())]

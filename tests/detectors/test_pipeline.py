@@ -126,6 +126,25 @@ def test_arrival_order_within_the_lateness_bound_does_not_matter() -> None:
     assert pipe.late == []
 
 
+def test_copies_of_events_are_detected_once_and_reported(monkeypatch) -> None:
+    """A producer's retry or a redelivery: every 7th event comes twice (next to itself, or thirty
+    events later, as another partition would bring it), and the last one again at the end.
+    The alerts of the stream without copies, byte for byte, and every copy in
+    :attr:`repeated`; kept, the copies would have changed the alerts."""
+    evs = stream()
+    at = [(float(i), e) for i, e in enumerate(evs)]  # a copy 30 events later: ~15 s later
+    at += [(i + (0.5 if i % 2 else 30.5), evs[i]) for i in range(0, len(evs), 7)] + [(len(evs), evs[-1])]
+    copies = [e for _, e in sorted(at, key=lambda x: x[0])]
+    extra = len(copies) - len(evs)
+    pipe = Pipeline.from_config(Config())
+    assert tuple(run(pipe, copies, 997)) == straight()
+    assert pipe.late == [] and len(pipe.repeated) == extra
+    assert [pipe.repeated_rejection(e).reason for e in pipe.repeated[:1]] == ["duplicate"]
+    assert {name: s["events"] for name, s in pipe.stats.items()} == {d.NAME: len(evs) for d in pipe.detectors}
+    monkeypatch.setattr(Detection, "_once", lambda self, batch, ts: (batch, ts))
+    assert tuple(run(Pipeline.from_config(Config()), copies, 997)) != straight()
+
+
 def test_advancing_before_any_event_closes_nothing() -> None:
     pipe = Pipeline.from_config(Config())
     assert pipe.process([]) == [] and pipe.advance(pipe.newest) == []

@@ -18,7 +18,7 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.events import parse_messages, parse_with_origins
+from detectors.events import event_to_json, parse_messages, parse_with_origins
 from detectors.pipeline import Pipeline
 from detectors.synthetic import SyntheticStream
 from streams import stages
@@ -379,6 +379,21 @@ def work_messages(frames: list[list[tuple[list[int], bytes]]], order: list[int],
 def alerts_and_dead_letters(sends: list[Send]) -> tuple[list[bytes], list[Send]]:
     alerts = [line for t, _, v, _, _ in sends if t.endswith(".link") for line in v.split(b"\n")[1:]]
     return alerts, [x for x in sends if x[0] == WHOLE.topics.dead_letter]
+
+
+def test_a_message_sent_twice_is_detected_once_and_each_detector_dead_letters_the_copy() -> None:
+    """Input messages written twice (a producer's retry): each detect stage finds its events
+    once, so the alerts are those of the input without the copies, and dead-letters each
+    copy it dropped (reason duplicate, its unit named; from no one partition, so no source)."""
+    lines = input_lines()
+    sent, per_unit = routed(WHOLE, *work_log(lines=[*lines[:500], lines[499], *lines[500:600], lines[550], *lines[600:]]))
+    sends = [x for u, mine in enumerate(per_unit) for x in drive(detect_stage(u), sent, mine)[0]]
+    alerts, dead = alerts_and_dead_letters(sends)
+    clean, _ = alerts_and_dead_letters([x for sends in detect_runs().values() for x in sends])
+    assert alerts == clean
+    got = sorted((dict(h)["detector"], dict(h)["reason"], "source_topic" in dict(h), v) for _, _, v, _, h in dead)
+    copies = sorted(event_to_json(e) for e in parse_messages([lines[499], lines[550]])[0])
+    assert got == sorted((u.name.encode(), b"duplicate", False, c) for u in work_units(WHOLE) for c in copies)
 
 
 def test_an_event_dated_after_its_messages_timestamp_is_dead_lettered_and_changes_no_alert() -> None:
