@@ -14,9 +14,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from itertools import repeat
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 

@@ -176,7 +176,7 @@ def end_offsets(consumer: Any, tps: Sequence[Any], timeout_s: float = 10.0) -> d
     deadline = time.monotonic() + timeout_s
     while todo:
         if time.monotonic() > deadline:
-            raise BrokerError(f"no record at the end of {sorted(map(str, todo))} within {timeout_s:.0f} s")
+            raise BrokerError(f"no fetch of the end of {sorted(map(str, todo))} answered within {timeout_s:.0f} s")
         consumer.poll(timeout_ms=200)
         for tp in list(todo):
             if (highwater := consumer.highwater(tp)) is not None:
