@@ -305,6 +305,34 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_running(br
     assert w.proc.poll() is None
 
 
+def test_an_event_produced_twice_is_dead_lettered_once_by_each_detect_stage(broker, tmp_path, procs):
+    """A producer's retry: the same envelope sent twice, then an event a day later that closes
+    their tick. Each detect stage detects the events once and dead-letters the copies
+    (reason duplicate, its unit in the header, no source partition: the copy and its twin may
+    come from any two partitions)."""
+    s = Setup(broker, tmp_path, procs)
+    from streams.broker import ensure_topics
+    from streams.config import load
+
+    ensure_topics(load(s.config).config, [s.events])
+    envelope = orjson.dumps([{"ts": 1_700_000_000 + i, "account_id": f"a{i}", "action": "post", "text": f"post {i}"}
+                             for i in range(3)])  # fmt: skip
+    later = orjson.dumps({"ts": 1_700_086_400, "account_id": "z", "action": "post", "text": "a day later"})
+    producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"])
+    for value in (envelope, envelope, later):
+        producer.send(s.events, key=b"k", value=value).get(10)
+    producer.close()
+    w = s.start_worker()
+    w.wait_for(lambda: len(read_topic(broker, s.dlq)[0]) >= 9, 30, "the copies' dead letters")
+    time.sleep(1)  # time to show one too many
+    _, records = read_topic(broker, s.dlq)
+    got = sorted((dict(r.headers)["reason"], dict(r.headers)["detector"], "source_topic" in dict(r.headers),
+                  orjson.loads(r.value)["account_id"]) for r in records)  # fmt: skip
+    units = (b"burst", b"co_action", b"near_duplicate")
+    assert got == sorted((b"duplicate", u, False, f"a{i}") for u in units for i in range(3))
+    assert w.metric("coordwatch_rejected_total{reason=duplicate}") == 9
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_stream_gives_the_same_alerts_as_replay(broker, tmp_path, procs, stream_file, expected, loop):
     s = Setup(broker, tmp_path, procs, event_loop=loop)
