@@ -130,8 +130,11 @@ class Detection:
         self.detectors = list(detectors)
         self.tick_s = tick_s
         self.lateness = lateness
-        self._open: list[Event] = []  # events of open ticks, in arrival order
-        self._open_ts = np.empty(0)  # their times
+        # the open ticks' events in arrival order, and their times, by tick: an advance takes
+        # the ticks it closes, whatever the others hold (a partition read hours ahead of the
+        # slowest leaves its events open through many advances)
+        self._open: dict[float, list[Event]] = {}
+        self._open_ts: dict[float, list[np.ndarray]] = {}
         self._closed = -math.inf  # ticks up to this index are closed
         self._newest: dict[str, float] = {}  # the newest event time added, per source
         self._first = math.inf  # the oldest on-time event time (of all events, for a shard)
@@ -185,9 +188,22 @@ class Detection:
             late = [events[i] for i in np.flatnonzero(is_late).tolist()]
             events = [events[i] for i in np.flatnonzero(~is_late).tolist()]
             ts = ts[~is_late]
-        self._open += events
-        self._open_ts = np.concatenate((self._open_ts, ts))
+        self._keep(events, ts)
         return late
+
+    def _keep(self, events: Sequence[Event], ts: np.ndarray) -> None:
+        """Buffer on-time events (times ``ts``) in their ticks, in arrival order."""
+        if not ts.size:
+            return
+        tick = np.floor(ts / self.tick_s)
+        if (tick[1:] < tick[:-1]).any():  # else (a partition read in time order) already by tick
+            order = np.argsort(tick, kind="stable")
+            events, ts, tick = [events[i] for i in order.tolist()], ts[order], tick[order]
+        cuts = [0, *(np.flatnonzero(tick[1:] != tick[:-1]) + 1).tolist(), len(tick)]
+        for lo, hi in zip(cuts, cuts[1:]):
+            t = float(tick[lo])
+            self._open.setdefault(t, []).extend(events[lo:hi])
+            self._open_ts.setdefault(t, []).append(ts[lo:hi])
 
     def late_rejection(self, e: Event) -> Rejection:
         """What a late event becomes for the rejects file or the dead-letter topic."""
@@ -207,14 +223,9 @@ class Detection:
         upto = math.inf if watermark == math.inf else math.floor((watermark - self.lateness) / step) - 1
         if upto <= self._closed:
             return []
-        due = np.floor(self._open_ts / step) <= upto
-        if due.all():
-            batch, ts, self._open, self._open_ts = self._open, self._open_ts, [], np.empty(0)
-        else:
-            batch = [self._open[i] for i in np.flatnonzero(due).tolist()]
-            ts = self._open_ts[due]
-            self._open = [self._open[i] for i in np.flatnonzero(~due).tolist()]
-            self._open_ts = self._open_ts[~due]
+        due = sorted(t for t in self._open if t <= upto)
+        batch = [e for t in due for e in self._open.pop(t)]
+        ts = np.concatenate([x for t in due for x in self._open_ts.pop(t)]) if due else np.empty(0)
         batch, ts = self._once(*_canonical(batch, ts))
         self._closed = upto
         horizon = math.inf if upto == math.inf else (upto + 1) * step
@@ -265,9 +276,7 @@ class Detection:
             "begun": self._begun,
         }
         arrays = [np.frombuffer(d.snapshot(), dtype=np.uint8) for d in self.detectors]
-        ticks = np.floor(self._open_ts / self.tick_s)
-        order = np.argsort(ticks, kind="stable").tolist()  # by tick, arrival order within
-        buffered = b"\n".join(event_to_json(self._open[i]) for i in order)
+        buffered = b"\n".join(event_to_json(e) for t in sorted(self._open) for e in self._open[t])  # by tick
         return pack(header, [*arrays, np.frombuffer(buffered, dtype=np.uint8)])
 
     def restore(self, data: bytes) -> None:
@@ -282,8 +291,9 @@ class Detection:
         # absent before shards: a detector that has had events ignores begin()
         self._first, self._begun = json_tick(header.get("first", "inf")), header.get("begun", False)
         raw = arrays[-1].tobytes()
-        self._open = [parse_event(line) for line in raw.split(b"\n")] if raw else []  # type: ignore[misc]
-        self._open_ts = np.fromiter(map(_TS, self._open), dtype=np.float64, count=len(self._open))
+        events: list[Event] = [parse_event(line) for line in raw.split(b"\n")] if raw else []  # type: ignore[misc]
+        self._open, self._open_ts = {}, {}
+        self._keep(events, np.fromiter(map(_TS, events), dtype=np.float64, count=len(events)))
 
 
 class AlertOrder:

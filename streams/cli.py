@@ -328,6 +328,8 @@ _SUITES = (
      "Smaller inputs (a smoke run, not for reporting)."),
     ("shards", "A keyed detector split by key (work.shards), in-process: a shard's CPU and the routing beside the whole's.",
      "6 h of the generator mix instead of 24 h (a smoke run, not for reporting)."),
+    ("partitions", "The detection's tick buffer, in-process: input partitions read in step beside one read far behind.",
+     "6 h of the generator mix instead of 24 h (a smoke run, not for reporting)."),
 )
 
 

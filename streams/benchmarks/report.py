@@ -21,6 +21,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "replay": ("streams.benchmarks.replay",),
     "stream": ("streams.benchmarks.stream",),
     "shards": ("streams.benchmarks.shards",),
+    "partitions": ("streams.benchmarks.partitions",),
     "levers": ("streams.benchmarks.levers",),
 }
 

@@ -66,6 +66,15 @@ def test_bench_replay_quick_prints_table_and_figures():
     assert min(units) > 1 and figures["scaleout_ceiling"] == min(units)
 
 
+def test_bench_partitions_quick_prints_table_and_figures():
+    """The tick buffer fed 12 partitions in step, then with one far behind (in-process)."""
+    res = subprocess.run([sys.executable, "-m", "streams", "bench", "partitions", "--quick"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = dict(item.split("=", 1) for item in res.stdout.strip().splitlines()[-1].split())
+    assert float(figures["behind_vs_in_step"]) > 0
+
+
 def test_bench_shards_quick_prints_table_and_figures():
     """Burst whole and in 2 and 4 shards, co_action in 2 and 4 object parts, near_duplicate in
     2 and 4 band parts, and their merges, in-process (the bench fails if the shards' or the merge's alerts differ from the whole's)."""
