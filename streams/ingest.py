@@ -135,8 +135,8 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
         """Nothing to hand over: what was sent and not yet committed, the new owner reads
         again and the stages skip (no commit here: one waiting on the commit lock while a
         commit of the loop waits for the rebalance would hold both). What another owner takes
-        meanwhile is not known here: until it takes a record again, a partition it gets back
-        reports its high watermark."""
+        meanwhile is not known here: a partition it gets back reports its end from the group's
+        committed offset until it takes a record again (:meth:`highwaters`)."""
         for tp in revoked:
             self._taken.pop(tp, None)
 
@@ -148,20 +148,25 @@ class InputReader(ConsumerRebalanceListener):  # type: ignore[misc]
         it learnt it (aiokafka's time of the partition's last fetch response).
 
         The end is the high watermark, unless the consumer has read up to it: then it is the
-        offset after the last record taken. The offsets between are not events (a transaction's
-        commit marker, aborted records), and a detect stage that has the records taken counts
-        the partition as caught up (:meth:`streams.stages.DetectStage.watermark`), not as behind
-        for good."""
+        offset after the last record taken (none taken since the partition was assigned: the
+        group's committed offset, below which the input was sent before). The offsets between
+        are not events (a transaction's commit marker, aborted records), and a detect stage
+        that has the records taken counts the partition as caught up
+        (:meth:`streams.stages.DetectStage.watermark`), not as behind for good."""
         out: dict[tuple[str, int], tuple[int, float]] = {}
         if self.consumer is None:  # not started yet
             return out
         for tp in self.consumer.assignment():
             try:
                 highwater, ms = self.consumer.highwater(tp), self.consumer.last_poll_timestamp(tp)
-                if highwater is not None and tp in self._taken and await self.consumer.position(tp) >= highwater:
+                if highwater is not None and await self.consumer.position(tp) >= highwater:
+                    if tp not in self._taken:
+                        self._taken[tp] = await self.consumer.committed(tp) or 0
                     highwater = self._taken[tp]
             except (AssertionError, IllegalStateError):  # revoked meanwhile
                 continue
+            except KafkaError as exc:  # the committed offset not known now: the high watermark
+                log.debug("input end of %s: committed offset not read (%r)", tp, exc)
             if highwater is not None and ms is not None:
                 out[(tp.topic, tp.partition)] = (highwater, ms / 1000)
         return out

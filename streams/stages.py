@@ -447,10 +447,10 @@ class Framer:
 #: messages' timestamps: a source whose ingest stopped, or stopped fetching, soon holds again
 REPORT_VALID_S = 10.0
 #: how long a source behind its high watermark holds without progress (a new frame or a new
-#: high watermark): one whose ingest restarted after a transaction marker ended it reports
-#: an offset no record reaches (:meth:`streams.ingest.InputReader.highwaters`), so when it
-#: goes quiet it delays the ticks this long (ingest reads every partition it has at once, so
-#: a partition with input does not go this long without a frame)
+#: high watermark): one whose ingest stopped fetching it, or whose frames are lost, delays
+#: the ticks this long (ingest reads every partition it has at once, so a partition with
+#: input does not go this long without a frame; one that ends in a transaction marker
+#: reports its last record's end instead: :meth:`streams.ingest.InputReader.highwaters`)
 STALL_S = 60.0
 
 #: an input partition's high watermark and the time (unix seconds) its ingest learnt it

@@ -403,7 +403,8 @@ def test_input_from_a_transactional_producer_gives_replays_alerts_and_holds_no_t
     each commit leaves a control record at the end of the partition, so the newest offset a
     worker reads stays one below the high watermark. A partition caught up that way still
     counts as caught up: once quiet for ``work.idle_s`` (5 s) it holds the others' ticks no
-    more, so the last alerts come out in seconds, not after a stalled source's 60 s."""
+    more, so the last alerts come out in seconds, not after a stalled source's 60 s; also
+    once the worker is restarted with nothing new to read."""
     s = Setup(broker, tmp_path, procs)
     from streams.broker import ensure_topics
     from streams.config import load
@@ -428,15 +429,22 @@ def test_input_from_a_transactional_producer_gives_replays_alerts_and_holds_no_t
     w.wait_for(lambda: w.metric("coordwatch_events_total") >= valid, 60, "the whole stream")
     t0 = time.monotonic()
 
-    def holding() -> dict[str, float]:
-        return {k: v for k, v in w.metrics().items() if k.startswith("coordwatch_partitions_holding{")}
+    def holding(worker: Worker) -> dict[str, float]:
+        return {k: v for k, v in worker.metrics().items() if k.startswith("coordwatch_partitions_holding{")}
 
-    w.wait_for(lambda: len(holding()) == 3 and not any(holding().values()), 20, "no partition holding the ticks")
+    w.wait_for(lambda: len(holding(w)) == 3 and not any(holding(w).values()), 20, "no partition holding the ticks")
     print(f"no partition holding {time.monotonic() - t0:.1f} s after the last event was taken")
     w.wait_for(lambda: len(s.alert_values()) >= len(expected), 10, "the alerts")
     s.assert_alerts_once(expected)
     # ingest commits the offset after each partition's last record (the marker after it is skipped)
     w.wait_for(lambda: committed(broker, f"{s.app_id}.ingest", s.events) == ends, 10, "ingest's commit of the input")
+    # restarted with nothing new to read, ingest reports each partition's end from that commit
+    time.sleep(2)  # a snapshot after the commit
+    w.kill()
+    w2 = s.start_worker()
+    time.sleep(12)  # past REPORT_VALID_S: the reports from before the restart no longer count
+    w2.wait_for(lambda: len(holding(w2)) == 3 and not any(holding(w2).values()), 8, "no partition holding, restarted")
+    s.assert_alerts_once(expected)
 
 
 SPLITS = [None, {"burst": 2}, {"co_action": 2}, {"near_duplicate": 2}]
