@@ -74,6 +74,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AIOTopicPartition
 from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -81,7 +83,7 @@ from faust.types import TP, EventT, StreamT
 
 from detectors.events import parse_message
 from detectors.pipeline import tune_gc
-from streams.broker import faust_settings
+from streams.broker import aiokafka_settings, faust_settings
 from streams.config import Config
 from streams.ingest import InputReader, Records
 from streams.metrics import (
@@ -90,6 +92,7 @@ from streams.metrics import (
     LAG,
     MERGE_WAITING,
     MESSAGES,
+    MISSING,
     OUT_OF_ORDER,
     SNAPSHOT_SECONDS,
     STATE_BYTES,
@@ -164,6 +167,7 @@ class Runner:
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")  # the only one touching state
         self._refetch: dict[TP, tuple[int, float]] = {}  # partition -> (offset sought, when)
+        self._beyond: dict[TP, tuple[int, int]] = {}  # partition -> (its gap's first offset, the first message past it)
         tune_gc()
 
     # -- ingest ----------------------------------------------------------------------
@@ -258,10 +262,12 @@ class Runner:
                 nxt = expect.get(msg.tp, stage.next_offset)
                 if stage.fresh:  # no snapshot, nothing taken yet: the log starts here
                     nxt, stage.fresh = msg.offset, False
-                if msg.offset > nxt:  # messages before it did not come: read them again
-                    OUT_OF_ORDER.inc()
-                    gaps.setdefault(msg.tp, nxt)
-                    continue
+                if msg.offset > nxt:
+                    if not await self._not_in_log(msg.tp, nxt, msg.offset):
+                        OUT_OF_ORDER.inc()  # messages before it did not come: read them again
+                        gaps.setdefault(msg.tp, nxt)
+                        continue
+                    nxt = msg.offset
                 stage.pending.append(ev)
                 if msg.offset == nxt:  # else: in the restored state already
                     todo.append((stage, msg, ev.value or b""))
@@ -282,7 +288,8 @@ class Runner:
         messages it has fetched when a rebalance cuts in (it then re-reads from the committed
         offset), but it dropped some without one too (the bench's two workers: one run in ~10,
         155 messages skipped and the stage stuck for good). Messages fetched before the seek
-        still come and are skipped; one seek per gap, again after ``REFETCH_S``."""
+        still come and are skipped; one seek per gap, again after ``REFETCH_S``. Offsets the
+        log does not hold, the stage goes on without (:meth:`_not_in_log`)."""
         now = time.monotonic()
         for tp, offset in gaps.items():
             last = self._refetch.get(tp)
@@ -291,6 +298,46 @@ class Runner:
                             tp.topic, tp.partition, offset)  # fmt: skip
                 self._refetch[tp] = (offset, now)
                 await self.app.consumer.seek(tp, offset)
+
+    async def _not_in_log(self, tp: TP, nxt: int, offset: int) -> bool:
+        """Whether the log holds no record from ``nxt`` to the message at ``offset`` that came
+        in its place: asked only when that message comes again after a read from ``nxt``
+        (:meth:`_read_again`), then checked with a fetch of our own, as Faust's drops look the
+        same. Such offsets are a transaction's markers, or records removed by retention or
+        compaction: the stage goes on without them (an error and ``coordwatch_missing_total``),
+        where it would wait for them for good."""
+        first = self._beyond.get(tp)
+        if first is None or first[0] != nxt:
+            self._beyond[tp] = (nxt, offset)  # the first message past the gap
+            return False
+        if offset != first[1]:  # still one fetched before the read from nxt
+            return False
+        found = await self._first_offset(tp, nxt)
+        if found is None or found < offset:
+            return False
+        del self._beyond[tp]
+        MISSING.inc(offset - nxt)
+        log.error("%s[%d]: offsets %d to %d are not in the log (transaction markers, or records removed by "
+                  "retention or compaction): going on from %d without them", tp.topic, tp.partition, nxt,
+                  offset - 1, offset)  # fmt: skip
+        return True
+
+    async def _first_offset(self, tp: TP, offset: int) -> int | None:
+        """The offset of the first record at or after ``offset`` on ``tp`` (None if none came
+        within ``REFETCH_S``), read by a consumer of its own."""
+        reader = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=1 << 20,
+                                  client_id=f"{self.config.kafka.app_id}-{self.worker_id}-gap",
+                                  **aiokafka_settings(self.config.kafka))  # fmt: skip
+        await reader.start()
+        try:
+            part = AIOTopicPartition(tp.topic, tp.partition)
+            reader.assign([part])
+            reader.seek(part, offset)
+            got = await reader.getmany(part, timeout_ms=int(REFETCH_S * 1000), max_records=1)
+            records = got.get(part, [])
+            return records[0].offset if records else None
+        finally:
+            await reader.stop()
 
     async def _start(self, kind: str, tp: TP) -> Stage | None:
         """The stage of a newly assigned partition, from its newest snapshot (or a first one)."""

@@ -10,6 +10,7 @@ REJECTED = Counter("coordwatch_rejected", "rejected input sent to the dead-lette
 ALERTS = Counter("coordwatch_alerts", "alerts published", ["type"])
 SUPPRESSED = Counter("coordwatch_alerts_suppressed", "alerts not re-published after a restart (already on the topic)")
 OUT_OF_ORDER = Counter("coordwatch_out_of_order", "stage input skipped ahead of its next offset (re-read in order)")
+MISSING = Counter("coordwatch_missing", "work or link offsets a stage went on without: not in the log (markers, retention)")
 LAG = Gauge("coordwatch_lag", "messages behind the partition end", ["topic", "partition"])
 STATE_BYTES = Gauge("coordwatch_pipeline_state_bytes", "size of the last snapshot's state, per stage", ["stage"])
 STORED_BYTES = Gauge("coordwatch_snapshot_stored_bytes", "size of the last snapshot on its topic (compressed), per stage",

@@ -495,6 +495,31 @@ def test_a_stage_handed_messages_past_a_gap_has_them_read_again_from_its_offset(
     assert w2.metric("coordwatch_out_of_order_total") > 0 and "never came, later ones did" in w2.log_text()
 
 
+def test_offsets_missing_from_a_work_partition_are_gone_past_not_waited_for(broker, tmp_path, procs, stream_file,
+                                                                              expected):  # fmt: skip
+    """A gap that is really in the log (here a transaction's commit marker on work partition
+    0, after an empty message: a report of nothing; retention or compaction leave the same):
+    the stage reads the partition again from the missing offset, gets the same later message,
+    checks with a fetch of its own that nothing is there, and goes on. Replay's alerts, each
+    once; waiting for the offset, detect-near_duplicate stalled for good."""
+    s = Setup(broker, tmp_path, procs, batch_messages=2)
+    messages, _ = counts(stream_file)
+    w = s.start_worker()
+    producer = s.produce_live(stream_file)
+    w.wait_for(lambda: w.metric("coordwatch_messages_total") >= messages * 0.3, 60, "30% of the stream")
+    tx = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker.port}"], transactional_id=s.app_id,
+                       enable_idempotence=True)  # fmt: skip
+    tx.init_transactions()
+    tx.begin_transaction()
+    tx.send(f"{s.app_id}.work", value=b"", partition=0)
+    tx.commit_transaction()
+    tx.close()
+    assert producer.wait(60) == 0
+    w.wait_for(lambda: len(set(s.alert_values())) >= len(expected), 60, "the alerts")
+    s.assert_alerts_once(expected)
+    assert w.metric("coordwatch_missing_total") == 1 and "are not in the log" in w.log_text()
+
+
 def test_broker_paused_30s_worker_waits_and_resumes_without_loss(broker, tmp_path, procs, stream_file, expected):
     s = Setup(broker, tmp_path, procs)
     lines = stream_file.read_bytes().splitlines(keepends=True)
