@@ -307,10 +307,10 @@ class Runner:
         compaction: the stage goes on without them (an error and ``coordwatch_missing_total``),
         where it would wait for them for good."""
         first = self._beyond.get(tp)
-        if first is None or first[0] != nxt:
+        if first is None or first[0] != nxt or offset < first[1]:
             self._beyond[tp] = (nxt, offset)  # the first message past the gap
             return False
-        if offset != first[1]:  # still one fetched before the read from nxt
+        if offset > first[1]:  # still one fetched before the read from nxt
             return False
         found = await self._first_offset(tp, nxt)
         if found is None or found < offset:
