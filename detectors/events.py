@@ -138,16 +138,16 @@ def parse_message(raw: bytes, max_bytes: int = MAX_EVENT_BYTES, limit: float = m
     return [_not_object(obj, raw, "a JSON object or array")]
 
 
-def future_limits(received: Sequence[float | None], max_ahead_s: float) -> list[float]:
+def future_limits(received: np.ndarray, max_ahead_s: float) -> list[float]:
     """The latest ``ts`` accepted in a message received at each of ``received`` (unix
-    seconds: the Kafka record's timestamp, or when a replay started; None or negative: not
-    known, no limit), ``events.max_ahead_s`` later (0: no limit). One event dated ahead of
-    its time moves its partition's event time with it, and every event after it more than the
+    seconds: the Kafka record's timestamp, or when a replay started; negative: not known, no
+    limit), ``events.max_ahead_s`` later (0: no limit). One event dated ahead of its time
+    moves its partition's event time with it, and every event after it more than the
     lateness bound behind would be dropped as late; at most the lateness bound ahead, it
     makes no on-time event late."""
     if max_ahead_s <= 0:
         return [math.inf] * len(received)
-    return [math.inf if r is None or r < 0 else r + max_ahead_s for r in received]
+    return np.where(received >= 0, received + max_ahead_s, math.inf).tolist()  # type: ignore[no-any-return]
 
 
 def parse_messages(

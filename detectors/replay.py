@@ -20,6 +20,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 from tqdm import tqdm
 
@@ -91,7 +92,7 @@ def replay(
     file has no record timestamps: every line counts as received when the replay starts
     (``max_ahead_s``, :func:`~detectors.events.future_limits`), so only an event dated after
     that is rejected, which no clock of the past could have written."""
-    (limit,) = future_limits([time.time()], max_ahead_s)
+    (limit,) = future_limits(np.array([time.time()]), max_ahead_s)
     summary = ReplaySummary()
     pipeline = Pipeline.from_config(config)
     t0 = time.perf_counter()

@@ -380,7 +380,7 @@ class ParseCache:
             self._done.move_to_end(key)
             return hit[0]
         _, _, values, times = frame.parts
-        limits = future_limits([t / 1000 if t >= 0 else None for t in times], self.max_ahead_s)
+        limits = future_limits(np.array(times, dtype=np.float64) / 1000, self.max_ahead_s)  # -1: not known
         parsed = parse_with_origins(values, self.max_bytes, limits)
         size = sum(map(len, values))
         self._done[key] = (parsed, size)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import example, given, settings
@@ -525,11 +526,11 @@ def test_parse_messages_equals_parse_message_one_by_one(msgs: list[tuple[bytes, 
 
 def test_an_event_dated_after_its_messages_limit_is_future_ts_whole_or_in_an_envelope():
     """The row of the docs' reasons table, and future_limits: events.max_ahead_s after when
-    a message was received (0: no limit; an unknown time, -1 or None: no limit)."""
+    a message was received (0: no limit; an unknown time, negative: no limit)."""
     early, late = with_(ts=1631900060), with_(ts=1631900061)
-    limits = events_module.future_limits([1631900000, 1631900000, -1, None], 60)
+    limits = events_module.future_limits(np.array([1631900000, 1631900000, -1, -0.001]), 60)
     assert limits == [1631900060, 1631900060, math.inf, math.inf]
-    assert events_module.future_limits([1631900000], 0) == [math.inf]
+    assert events_module.future_limits(np.array([1631900000.0]), 0) == [math.inf]
     assert isinstance(parse_message(early, limit=limits[0])[0], Event)
     (r,) = parse_message(late, limit=limits[0])
     assert (r.reason, r.raw, r.index) == ("future_ts", late, None) and "2021-09-17T17:34:20Z" in r.detail
